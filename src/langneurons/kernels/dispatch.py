@@ -1,0 +1,55 @@
+"""One dispatch point for the reduction: which implementation adds a block into an Accumulator.
+
+`impl` is "auto" (Triton on CUDA, the torch reference elsewhere), "reference" or "triton";
+the environment variable LANGNEURONS_KERNEL overrides "auto". Asking for Triton where it cannot
+run is an error, never a silent fallback to something else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from langneurons.kernels import reference
+from langneurons.kernels.reference import Accumulator
+
+AccumulateFn = Callable[[Accumulator, int, torch.Tensor, torch.Tensor], None]
+IMPLS = ("auto", "reference", "triton")
+
+
+def resolve(impl: str, device: torch.device | str) -> str:
+    """The concrete implementation ("reference" or "triton") for `impl` on `device`."""
+    if impl == "auto":
+        impl = os.environ.get("LANGNEURONS_KERNEL", "auto")
+    if impl not in IMPLS:
+        raise ValueError(f"kernel implementation {impl!r} is not one of {IMPLS} "
+                         "(check --kernel or LANGNEURONS_KERNEL)")
+    if impl == "auto":
+        return "triton" if torch.device(device).type == "cuda" and _triton_available() else "reference"
+    return impl
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def get_accumulate(impl: str, device: torch.device | str) -> AccumulateFn:
+    """The accumulate function for `impl` on `device`; raises if Triton is asked for but cannot run."""
+    which = resolve(impl, device)
+    if which == "reference":
+        return reference.accumulate_
+    if not _triton_available():
+        raise RuntimeError("kernel 'triton' was requested but triton is not installed: "
+                           "pip install 'langneurons[triton]'")
+    dev = torch.device(device)
+    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"kernel 'triton' cannot run on device {dev}: use a CUDA device, "
+                           "or set TRITON_INTERPRET=1 (slow, for tests), or --kernel reference")
+    from langneurons.kernels import triton_stats
+    return triton_stats.accumulate_

@@ -1,0 +1,147 @@
+"""The reduction spec in plain torch: every kernel must equal this (integers exactly).
+
+One call reduces an activation block ``x[T, F]`` (one layer's FFN site for T tokens) into
+per-language statistics, using ``token_lang[T]`` (the language index of each token; -1 means
+"not a text token": padding, BOS/EOS, masked) and adds them to device accumulators:
+
+    n_fired[n, l, f]     += #{t : lang(t)=n, x[t,f] finite, x[t,f] > threshold}
+    act_sum[n, l, f]     += sum  x[t,f]      over finite values of language n
+    act_sumsq[n, l, f]   += sum  x[t,f]^2    over finite values of language n
+    act_hist[n, l, f, k] += #{t : lang(t)=n, edges[k-1] < x[t,f] <= edges[k]}  (right-closed bins)
+    n_nonfinite[n, l, f] += #{t : lang(t)=n, x[t,f] is NaN or +-inf}
+
+Values are upcast to float32 before comparing, so a bf16/fp16 activation is compared exactly as
+it was stored. Sums are formed in float32 per call (at most one batch of tokens) and folded into
+float64 accumulators; counts go straight into int64, so a billion-token run cannot overflow.
+Nothing here synchronises with the host: masks are applied arithmetically, never by indexing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from langneurons.store.schema import NEURON_VARS, Stats
+
+
+@dataclass
+class Accumulator:
+    """Device-resident running totals for N languages, L layers, F neurons, B bins."""
+
+    n_tokens: torch.Tensor     # [N] int64
+    n_fired: torch.Tensor      # [N, L, F] int64
+    act_sum: torch.Tensor      # [N, L, F] float64
+    act_sumsq: torch.Tensor    # [N, L, F] float64
+    act_hist: torch.Tensor     # [N, L, F, B] int64
+    n_nonfinite: torch.Tensor  # [N, L, F] int64
+    edges: torch.Tensor        # [B-1] float32, on the same device
+    threshold: float
+
+    @classmethod
+    def zeros(cls, n_languages: int, n_layers: int, d_ff: int, edges, threshold: float,
+              device: torch.device | str = "cpu") -> "Accumulator":
+        dev = torch.device(device)
+        nlf = (n_languages, n_layers, d_ff)
+        i64 = dict(dtype=torch.int64, device=dev)
+        f64 = dict(dtype=torch.float64, device=dev)
+        e = torch.as_tensor(edges, dtype=torch.float32, device=dev)
+        return cls(
+            n_tokens=torch.zeros(n_languages, **i64),
+            n_fired=torch.zeros(nlf, **i64),
+            act_sum=torch.zeros(nlf, **f64),
+            act_sumsq=torch.zeros(nlf, **f64),
+            act_hist=torch.zeros(*nlf, e.numel() + 1, **i64),
+            n_nonfinite=torch.zeros(nlf, **i64),
+            edges=e,
+            threshold=float(threshold),
+        )
+
+    @property
+    def n_languages(self) -> int:
+        return self.n_fired.shape[0]
+
+    def zero_(self) -> None:
+        for v in ("n_tokens",) + NEURON_VARS:
+            getattr(self, v).zero_()
+
+    def count_tokens(self, token_lang: torch.Tensor) -> None:
+        """Add the text tokens of one forward pass to n_tokens (once per pass, not per layer)."""
+        tl = token_lang.reshape(-1)
+        self.n_tokens += torch.bincount((tl + 1).clamp_min(0), minlength=self.n_languages + 1)[1:]
+
+    def to_stats(self, language: int = 0) -> Stats:
+        """Copy one language's totals to the host (the one sync, at the end of a shard)."""
+        return Stats(
+            n_tokens=int(self.n_tokens[language].item()),
+            **{v: getattr(self, v)[language].cpu().numpy() for v in NEURON_VARS},
+        )
+
+
+def reduce_block(x: torch.Tensor, token_lang: torch.Tensor, n_languages: int,
+                 threshold: float, edges: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Statistics of one block, per language: the spec.
+
+    x: [T, F] activations (any float dtype, any strides). token_lang: [T] integer, -1 = skip.
+    Returns n_fired/n_nonfinite/act_hist as int64, act_sum/act_sumsq as float32 partials:
+    n_fired [N, F], act_sum [N, F], act_sumsq [N, F], act_hist [N, F, B], n_nonfinite [N, F].
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be [tokens, d_ff], got shape {tuple(x.shape)}")
+    if token_lang.shape != x.shape[:1]:
+        raise ValueError(f"token_lang shape {tuple(token_lang.shape)} != tokens {x.shape[0]}")
+    xf = x.float()                                    # [T, F]
+    finite = torch.isfinite(xf)                       # [T, F]
+    n_bins = edges.numel() + 1
+    # Bin index per value: right-closed bins, so bucketize(right=False): e[k-1] < x <= e[k].
+    idx = torch.bucketize(xf, edges.to(xf.device, torch.float32), right=False)  # [T, F]
+    xz = torch.where(finite, xf, 0.0)                 # non-finite values contribute nothing
+    fired = (xf > threshold) & finite                 # NaN > t is False; +inf is excluded too
+    out = {k: [] for k in NEURON_VARS}
+    col = torch.arange(x.shape[1], device=x.device) * n_bins  # [F]
+    for n in range(n_languages):
+        sel = (token_lang == n).unsqueeze(1)          # [T, 1]
+        sel_f = sel.to(torch.float32)
+        out["n_fired"].append((fired & sel).sum(0))
+        out["act_sum"].append((xz * sel_f).sum(0))
+        out["act_sumsq"].append((xz * xz * sel_f).sum(0))
+        out["n_nonfinite"].append((~finite & sel).sum(0))
+        # Send deselected and non-finite values to a trash bin past the end, then drop it.
+        flat = torch.where(sel & finite, idx + col, x.shape[1] * n_bins)
+        hist = torch.bincount(flat.reshape(-1), minlength=x.shape[1] * n_bins + 1)
+        out["act_hist"].append(hist[:-1].view(x.shape[1], n_bins))
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def accumulate_(acc: Accumulator, layer: int, x: torch.Tensor, token_lang: torch.Tensor) -> None:
+    """Add block statistics of one layer into ``acc`` (int64 counts, float64 sums)."""
+    b = reduce_block(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
+    acc.n_fired[:, layer] += b["n_fired"]
+    acc.act_sum[:, layer] += b["act_sum"].double()
+    acc.act_sumsq[:, layer] += b["act_sumsq"].double()
+    acc.act_hist[:, layer] += b["act_hist"]
+    acc.n_nonfinite[:, layer] += b["n_nonfinite"]
+
+
+def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> dict[str, np.ndarray]:
+    """Slow, obviously-correct float64 statistics of one language: a test oracle.
+
+    acts: per layer, a [T, F] array of the text tokens' activations.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    res = {k: [] for k in NEURON_VARS}
+    for a in acts:
+        a = np.asarray(a, dtype=np.float64)
+        fin = np.isfinite(a)
+        az = np.where(fin, a, 0.0)
+        res["n_fired"].append(((a > threshold) & fin).sum(0))
+        res["act_sum"].append(az.sum(0))
+        res["act_sumsq"].append((az * az).sum(0))
+        res["n_nonfinite"].append((~fin).sum(0))
+        idx = np.searchsorted(e, a, side="left")  # e[k-1] < a <= e[k]
+        h = np.zeros((a.shape[1], len(e) + 1), dtype=np.int64)
+        for f in range(a.shape[1]):
+            h[f] = np.bincount(idx[fin[:, f], f], minlength=len(e) + 1)
+        res["act_hist"].append(h)
+    return {k: np.stack(v) for k, v in res.items()}

@@ -1,0 +1,22 @@
+"""Inference backends. Each loads a model once and turns sentences of one language into Stats."""
+
+from __future__ import annotations
+
+from langneurons.config import ProfileConfig
+from langneurons.profiler.backends.base import Backend, ModelInfo
+
+
+def make_backend(cfg: ProfileConfig) -> Backend:
+    """The backend `cfg.backend` names, loaded (heavy imports happen only here)."""
+    if cfg.backend == "hf":
+        from langneurons.profiler.backends.hf import HFBackend
+
+        return HFBackend(cfg)
+    if cfg.backend == "vllm":
+        from langneurons.profiler.backends.vllm import VLLMBackend
+
+        return VLLMBackend(cfg)
+    raise ValueError(f"unknown backend {cfg.backend!r}")
+
+
+__all__ = ["Backend", "ModelInfo", "make_backend"]

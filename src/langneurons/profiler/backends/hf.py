@@ -1,0 +1,108 @@
+"""Hugging Face transformers backend: any device, exact token accounting, hooks on the FFN sites."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from langneurons.config import ProfileConfig
+from langneurons.kernels.dispatch import get_accumulate
+from langneurons.kernels.reference import Accumulator
+from langneurons.profiler import hooks, sites, tokens
+from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.store.schema import Stats
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def load_model(cfg: ProfileConfig, device: torch.device, dtype: torch.dtype):
+    """Load (tokenizer, model) in eval mode on `device`; the architecture must be in the sites table."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    try:
+        mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load a model config from {cfg.model!r}: {e}. Give a local "
+                                "model directory (with config.json) or a hub id with network access") from e
+    sites.arch_spec(mcfg.model_type)  # unsupported architectures fail before the weights load
+    tok = AutoTokenizer.from_pretrained(cfg.model, **kw)
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kw)
+    model.to(device).eval()
+    return tok, model
+
+
+class HFBackend:
+    """Profiles sentences with a transformers model; one instance loads the model once."""
+
+    name = "hf"
+
+    def __init__(self, cfg: ProfileConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, self.device)
+        self.tokenizer, self.model = load_model(cfg, self.device, dtype)
+        arch = self.model.config.model_type
+        self.sites = sites.site_modules(self.model, arch, cfg.site)
+        self.info = ModelInfo(
+            model=cfg.model,
+            fingerprint=model_fingerprint(cfg.model, cfg.revision),
+            architecture=arch,
+            n_layers=len(self.sites),
+            d_ff=sites.ffn_width(self.model, arch),
+            dtype=str(dtype).removeprefix("torch."),
+        )
+        self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, cfg.bin_edges,
+                                     cfg.threshold, self.device)
+        self.state = hooks.HookState(self.acc, get_accumulate(cfg.kernel, self.device))
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:  # padded positions are masked out, so any id will do
+            self.pad_id = self.tokenizer.eos_token_id or 0
+
+    @torch.inference_mode()
+    def profile(self, sentences: Sequence[str]) -> Stats:
+        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
+                            max_length=self.cfg.max_length)
+        self.acc.zero_()
+        with hooks.installed(self.sites, self.state):
+            for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.cfg.batch_tokens):
+                ids, attn, lang = self._pad([enc.input_ids[i] for i in batch], [enc.counted[i] for i in batch])
+                self.state.token_lang = lang.reshape(-1)
+                self.acc.count_tokens(self.state.token_lang)
+                self.model(input_ids=ids, attention_mask=attn, use_cache=False)
+        self.state.token_lang = None
+        return self.acc.to_stats(0)
+
+    def _pad(self, seqs: list[list[int]], counted: list[list[bool]]):
+        """Right-pad one batch; token_lang is 0 for counted tokens, -1 for special tokens and padding."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        lang = torch.full((len(seqs), width), -1, dtype=torch.int32)
+        for r, (s, c) in enumerate(zip(seqs, counted)):
+            ids[r, : len(s)] = torch.tensor(s)
+            attn[r, : len(s)] = 1
+            lang[r, : len(s)] = torch.where(torch.tensor(c), 0, -1)
+        dev = self.device
+        return ids.to(dev, non_blocking=True), attn.to(dev, non_blocking=True), lang.to(dev, non_blocking=True)
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

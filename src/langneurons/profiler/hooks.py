@@ -1,0 +1,51 @@
+"""Hooks that reduce each layer's FFN site on the device, inside the forward pass.
+
+The hook never keeps a reference to the activation (fused or in-place kernels may overwrite it
+later, nnsight #630); it reduces it at once into the accumulator and returns nothing, so the
+model's own computation is untouched. No host sync happens here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from langneurons.kernels.dispatch import AccumulateFn
+from langneurons.kernels.reference import Accumulator
+from langneurons.profiler.sites import SiteModule
+
+
+class HookState:
+    """What the hooks need for the current forward pass: which language each token belongs to."""
+
+    def __init__(self, acc: Accumulator, accumulate: AccumulateFn):
+        self.acc = acc
+        self.accumulate = accumulate
+        self.token_lang: torch.Tensor | None = None  # [B*S] int32, -1 = not counted
+
+    def reduce(self, layer: int, x: torch.Tensor) -> None:
+        if self.token_lang is None:
+            raise RuntimeError("a hooked forward ran without token_lang set: call backend.profile()")
+        self.accumulate(self.acc, layer, x.reshape(-1, x.shape[-1]), self.token_lang)
+
+
+@contextmanager
+def installed(sites: list[SiteModule], state: HookState) -> Iterator[HookState]:
+    """Install one hook per layer for the duration of the block; always removed in `finally`."""
+    handles = []
+    try:
+        for s in sites:
+            if s.kind == "output":
+                def hook(_m, _args, output, layer=s.layer):
+                    state.reduce(layer, output)
+                handles.append(s.module.register_forward_hook(hook))
+            else:
+                def pre_hook(_m, args, layer=s.layer):
+                    state.reduce(layer, args[0])
+                handles.append(s.module.register_forward_pre_hook(pre_hook))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()

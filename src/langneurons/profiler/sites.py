@@ -1,0 +1,115 @@
+"""Where each architecture's FFN activations live: the one table that maps them.
+
+Two sites per layer:
+- ``gate``:    the activation function's output on the gate / first projection, act(W_gate x):
+               what LAPE (Tang et al. 2024) counts;
+- ``down_in``: the input of the down projection, i.e. the key-value-memory coefficient:
+               act(W_gate x) * (W_up x) for gated MLPs; the same tensor as ``gate`` otherwise.
+
+Hooks attach to modules named here; an architecture missing from the table is an error that lists
+the supported ones. To add one: name its block list, its MLP, its activation module and its down
+projection, and add a tiny config to tests/fixtures.py so every test covers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+SITES = ("gate", "down_in")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchSpec:
+    layers: str          # dotted path from the *ForCausalLM model to the ModuleList of blocks
+    mlp: str             # dotted path from a block to its MLP ("" = the block itself)
+    act: str             # activation module inside the MLP: its output is the `gate` site
+    down: str            # down projection inside the MLP: its input is the `down_in` site
+    gated: bool          # act(gate) * up (GLU family) or plain act(fc1)
+    act_name: str        # for the docs and the `info` command
+
+
+_LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)")
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_act)"),
+    "gemma2": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_activation)"),
+    "gpt2": ArchSpec("transformer.h", "mlp", "act", "c_proj", False, "GELU-new"),
+    "gpt_neox": ArchSpec("gpt_neox.layers", "mlp", "act", "dense_4h_to_h", False, "GELU"),
+    "bloom": ArchSpec("transformer.h", "mlp", "gelu_impl", "dense_4h_to_h", False, "GELU-tanh"),
+    "opt": ArchSpec("model.decoder.layers", "", "activation_fn", "fc2", False, "ReLU"),
+    "xglm": ArchSpec("model.layers", "", "activation_fn", "fc2", False, "GELU"),
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    pass
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise UnsupportedArchitecture(
+            f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}. "
+            "Add it to langneurons/profiler/sites.py (block list, MLP, activation, down projection)."
+        ) from None
+
+
+def check_site(site: str) -> str:
+    if site not in SITES:
+        raise ValueError(f"site {site!r} is not one of {SITES}: 'gate' = act(gate proj) as LAPE counts, "
+                         "'down_in' = the down projection's input")
+    return site
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    m = root
+    for part in filter(None, path.split(".")):
+        m = getattr(m, part)
+    return m
+
+
+@dataclass(frozen=True)
+class SiteModule:
+    """One layer's hook point: hook `module`'s output (kind='output') or its input ('input')."""
+
+    layer: int
+    module: nn.Module
+    kind: str
+
+
+def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModule]:
+    """The module to hook for `site` in every layer, in layer order."""
+    spec = arch_spec(model_type)
+    check_site(site)
+    blocks = _get(model, spec.layers)
+    out = []
+    for i, block in enumerate(blocks):
+        mlp = _get(block, spec.mlp)
+        if site == "down_in" and spec.gated:
+            out.append(SiteModule(i, _get(mlp, spec.down), "input"))
+        else:  # gate, or down_in of a plain MLP, which is the same tensor (dropout is off in eval)
+            out.append(SiteModule(i, _get(mlp, spec.act), "output"))
+    if len({id(s.module) for s in out}) != len(out):
+        raise RuntimeError(f"{model_type}: layers share one {site} module, so hooks could not tell "
+                           "layers apart; this model build is not supported")
+    return out
+
+
+def ffn_width(model: nn.Module, model_type: str) -> int:
+    """d_ff, read from the first layer's down projection (Linear or GPT-2's Conv1D)."""
+    spec = arch_spec(model_type)
+    down = _get(_get(_get(model, spec.layers)[0], spec.mlp), spec.down)
+    if isinstance(down, nn.Linear):
+        return down.in_features
+    return int(down.weight.shape[0])  # transformers Conv1D stores weight as [in, out]
+
+
+def num_layers(model: nn.Module, model_type: str) -> int:
+    return len(_get(model, arch_spec(model_type).layers))

@@ -1,0 +1,156 @@
+"""The Zarr schema: the one contract shared by every stage and every user.
+
+A results store is a Zarr v3 group laid out as::
+
+    results.zarr/
+      zarr.json                    root attributes (see ATTRS below)
+      language[language]           coordinate: language codes (str)
+      layer[layer]                 coordinate: 0..L-1
+      neuron[neuron]               coordinate: 0..F-1 (the model's own neuron order)
+      bin[bin]                     coordinate: 0..B-1
+      bin_lower[bin], bin_upper[bin]   histogram edges; the outer bins are open (-inf, +inf)
+      n_tokens[language]                       int64   real text tokens seen
+      n_fired[language, layer, neuron]         int64   tokens with activation > threshold
+      act_sum[language, layer, neuron]         float64 sum of activations
+      act_sumsq[language, layer, neuron]       float64 sum of squared activations
+      act_hist[language, layer, neuron, bin]   int64   histogram, bin k = (bin_lower[k], bin_upper[k]]
+      n_nonfinite[language, layer, neuron]     int64   NaN/inf activations (excluded from all of the above)
+      partials/                    one entry per shard, written by whichever worker ran it
+        shard_language[shard], shard_start[shard], shard_stop[shard]   the shard plan
+        n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`)
+        committed[shard]           uint8: 1 once every partial chunk of that shard is written
+
+The totals (root arrays) are written once, when every shard is committed, as the sum of the
+committed partials in shard order: totals are therefore bit-identical however the shards were
+scheduled, retried or resumed. A shard's chunks are written by one writer only; its `committed`
+chunk is written last, so a reader never counts half a shard.
+
+Token and value conventions (the spec every backend and kernel follows):
+- a token counts once per language it belongs to; padding never counts; special tokens added by the
+  tokenizer (BOS/EOS) are excluded unless `include_special_tokens` is set;
+- `n_fired` counts activation > threshold (strict), the LAPE convention with threshold 0;
+- histogram bins are right-closed: bin k holds bin_lower[k] < x <= bin_upper[k], so
+  "activation > e" for any edge e equals the sum of the bins above it (`scoring.thresholds`);
+- NaN and +-inf values are counted in `n_nonfinite` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+#: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
+#: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
+DEFAULT_EDGES: tuple[float, ...] = (
+    -4.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0,
+)
+
+#: Variables with a neuron axis, in the order they are written; all summed over shards.
+NEURON_VARS: tuple[str, ...] = ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")
+ALL_VARS: tuple[str, ...] = ("n_tokens",) + NEURON_VARS
+
+DTYPES: dict[str, np.dtype] = {
+    "n_tokens": np.dtype("int64"),
+    "n_fired": np.dtype("int64"),
+    "act_sum": np.dtype("float64"),
+    "act_sumsq": np.dtype("float64"),
+    "act_hist": np.dtype("int64"),
+    "n_nonfinite": np.dtype("int64"),
+}
+
+#: Dimension names after the leading `language` (totals) or `shard` (partials) axis.
+TRAILING_DIMS: dict[str, tuple[str, ...]] = {
+    "n_tokens": (),
+    "n_fired": ("layer", "neuron"),
+    "act_sum": ("layer", "neuron"),
+    "act_sumsq": ("layer", "neuron"),
+    "act_hist": ("layer", "neuron", "bin"),
+    "n_nonfinite": ("layer", "neuron"),
+}
+
+#: Root attributes every complete store carries (plain JSON).
+ATTRS: tuple[str, ...] = (
+    "schema_version", "langneurons_version", "model", "model_fingerprint", "architecture",
+    "site", "threshold", "dtype", "backend", "languages", "corpus_fingerprint", "n_sentences",
+    "config", "created", "complete",
+)
+
+#: Attributes that must match for a store to be resumed (anything that changes the numbers).
+IDENTITY_ATTRS: tuple[str, ...] = (
+    "schema_version", "model_fingerprint", "architecture", "site", "threshold", "dtype",
+    "languages", "corpus_fingerprint", "n_sentences", "bin_edges", "include_special_tokens",
+    "shard_size",
+)
+
+
+def validate_edges(edges) -> tuple[float, ...]:
+    """Return edges as a tuple of floats, or raise ValueError saying what is wrong."""
+    out = tuple(float(e) for e in edges)
+    if not out:
+        raise ValueError("bin_edges is empty: give at least one edge, e.g. --bin-edges 0")
+    if any(not math.isfinite(e) for e in out):
+        raise ValueError(f"bin_edges {out} contain a non-finite value; the outer bins are already open-ended")
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"bin_edges {out} must be strictly increasing")
+    return out
+
+
+def bin_bounds(edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bound of each of the len(edges)+1 bins (outer bins open: -inf / +inf)."""
+    e = np.asarray(edges, dtype=np.float64)
+    lower = np.concatenate([[-np.inf], e])
+    upper = np.concatenate([e, [np.inf]])
+    return lower, upper
+
+
+@dataclass
+class Stats:
+    """Statistics of one language over some tokens (one shard, or a total): host numpy arrays.
+
+    Shapes: n_fired/act_sum/act_sumsq/n_nonfinite [L, F]; act_hist [L, F, B]; n_tokens scalar.
+    """
+
+    n_tokens: int
+    n_fired: np.ndarray
+    act_sum: np.ndarray
+    act_sumsq: np.ndarray
+    act_hist: np.ndarray
+    n_nonfinite: np.ndarray
+
+    @classmethod
+    def zeros(cls, n_layers: int, d_ff: int, n_bins: int) -> "Stats":
+        z = lambda *s, v: np.zeros(s, dtype=DTYPES[v])  # noqa: E731
+        return cls(
+            n_tokens=0,
+            n_fired=z(n_layers, d_ff, v="n_fired"),
+            act_sum=z(n_layers, d_ff, v="act_sum"),
+            act_sumsq=z(n_layers, d_ff, v="act_sumsq"),
+            act_hist=z(n_layers, d_ff, n_bins, v="act_hist"),
+            n_nonfinite=z(n_layers, d_ff, v="n_nonfinite"),
+        )
+
+    def __iadd__(self, other: "Stats") -> "Stats":
+        self.n_tokens += int(other.n_tokens)
+        for v in NEURON_VARS:
+            getattr(self, v).__iadd__(getattr(other, v))
+        return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All variables as arrays (n_tokens as a 0-d int64 array), keyed by schema name."""
+        d = {v: getattr(self, v) for v in NEURON_VARS}
+        d["n_tokens"] = np.asarray(self.n_tokens, dtype=np.int64)
+        return d
+
+    def equal(self, other: "Stats") -> bool:
+        """Bit-for-bit equality (floats compared exactly, as resume guarantees)."""
+        return self.n_tokens == other.n_tokens and all(
+            np.array_equal(getattr(self, v), getattr(other, v)) for v in NEURON_VARS
+        )
+
+    def copy(self) -> "Stats":
+        return dataclasses.replace(self, **{v: getattr(self, v).copy() for v in NEURON_VARS})

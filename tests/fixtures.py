@@ -1,0 +1,100 @@
+"""Tiny random models of every supported architecture, built offline from configs.
+
+A byte-level BPE tokenizer is trained in-process on a few sentences (no hub access), wrapped as a
+transformers fast tokenizer whose post-processor adds BOS (and optionally EOS), so the special-
+token rule is exercised on every architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 320
+D_FF = 37  # prime, so no kernel can get away with power-of-two assumptions
+
+TRAIN_TEXT = [
+    "the quick brown fox jumps over the lazy dog",
+    "le renard brun saute par-dessus le chien paresseux",
+    "быстрая коричневая лиса прыгает через ленивую собаку",
+    "तेज़ भूरी लोमड़ी आलसी कुत्ते के ऊपर कूदती है",
+    "敏捷的棕色狐狸跳过了懒狗",
+]
+
+SENTENCES = {
+    "en": ["the dog sleeps", "a fox jumps over the lazy dog today", "hello", "brown dogs and quick foxes run"],
+    "fr": ["le chien dort", "un renard saute", "bonjour à tous les chiens", "le renard brun"],
+    "ru": ["собака спит", "лиса прыгает через собаку", "привет", "коричневая лиса"],
+}
+
+
+def _common(**kw):
+    return dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, **kw)
+
+
+def config_for(arch: str):
+    """A tiny config of `arch` with d_ff = D_FF and 2 layers."""
+    import transformers as tf
+
+    h, L = 32, 2
+    if arch in ("llama", "mistral", "qwen2", "qwen3"):
+        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
+               "qwen3": tf.Qwen3Config}[arch]
+        return cls(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                             max_position_embeddings=128, tie_word_embeddings=False))
+    if arch in ("gemma", "gemma2"):
+        cls = tf.GemmaConfig if arch == "gemma" else tf.Gemma2Config
+        return cls(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                             max_position_embeddings=128, hidden_act="gelu_pytorch_tanh",
+                             hidden_activation="gelu_pytorch_tanh"))
+    if arch == "gpt2":
+        return tf.GPT2Config(**_common(n_embd=h, n_inner=D_FF, n_layer=L, n_head=4, n_positions=128))
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L,
+                                          num_attention_heads=4, max_position_embeddings=128))
+    if arch == "bloom":  # BLOOM's MLP is fixed at 4*hidden: d_ff = 128 here
+        return tf.BloomConfig(**_common(hidden_size=h, n_layer=L, n_head=4))
+    if arch == "opt":
+        return tf.OPTConfig(**_common(hidden_size=h, ffn_dim=D_FF, num_hidden_layers=L,
+                                      num_attention_heads=4, max_position_embeddings=128,
+                                      word_embed_proj_dim=h))
+    if arch == "xglm":
+        return tf.XGLMConfig(**_common(d_model=h, ffn_dim=D_FF, num_layers=L, attention_heads=4,
+                                       max_position_embeddings=128))
+    raise KeyError(arch)
+
+
+def make_tokenizer(add_eos: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TRAIN_TEXT * 4, trainer)
+    single = "<s> $A </s>" if add_eos else "<s> $A"
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[("<s>", 1), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, seed: int = 0) -> Path:
+    """Save a tiny random `arch` model and tokenizer under `path`; returns `path`."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config_for(arch))
+    # Random init puts most gate values near 0; widen them so thresholds and bins all get hits.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    model.save_pretrained(path)
+    make_tokenizer(add_eos).save_pretrained(path)
+    return path

@@ -1,0 +1,131 @@
+"""The HF backend's statistics equal a straightforward, independent computation, for every
+supported architecture and both sites, with padding and special tokens handled as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures import SENTENCES, make_tiny_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.activations import ACT2FN
+
+from langneurons.config import ProfileConfig
+from langneurons.kernels.reference import reference_stats_numpy
+from langneurons.profiler import sites
+from langneurons.profiler.backends.hf import HFBackend
+
+ARCHS = sorted(sites.ARCHITECTURES)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {a: make_tiny_model(a, root / a) for a in ARCHS}
+
+
+def oracle_activations(path, sentences, site, include_special):
+    """Per layer, [tokens, d_ff] activations of the counted tokens, one sentence at a time (no
+    padding), recomputed from each MLP's input with the architecture's own formula."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    spec = sites.arch_spec(model.config.model_type)
+    blocks = sites._get(model, spec.layers)
+    cfg = model.config
+    act = ACT2FN[getattr(cfg, "hidden_activation", None) or cfg.hidden_act] if spec.gated else None
+    captured = {}
+    handles = []
+    for i, block in enumerate(blocks):
+        mlp = sites._get(block, spec.mlp)
+        if spec.gated:
+            def pre(m, args, i=i):
+                h = args[0]
+                g = act(m.gate_proj(h))
+                captured[i] = g if site == "gate" else g * m.up_proj(h)
+            handles.append(mlp.register_forward_pre_hook(pre))
+        else:  # plain MLP: the input of the down projection
+            def pre(m, args, i=i):
+                captured[i] = args[0]
+            handles.append(sites._get(mlp, spec.down).register_forward_pre_hook(pre))
+    per_layer = [[] for _ in blocks]
+    n_tokens = 0
+    with torch.no_grad():
+        for s in sentences:
+            enc = tok(s, return_special_tokens_mask=True, return_tensors="pt")
+            keep = torch.ones_like(enc.input_ids[0], dtype=torch.bool) if include_special \
+                else enc.special_tokens_mask[0] == 0
+            model(input_ids=enc.input_ids)
+            n_tokens += int(keep.sum())
+            for i in range(len(blocks)):
+                a = captured[i].reshape(-1, captured[i].shape[-1])  # OPT flattens [B, S] itself
+                per_layer[i].append(a[keep].double().numpy())
+    for h in handles:
+        h.remove()
+    return n_tokens, [np.concatenate(a) for a in per_layer]
+
+
+@pytest.mark.parametrize("site", ["gate", "down_in"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stats_equal_independent_computation(models, arch, site):
+    sentences = SENTENCES["en"] + SENTENCES["ru"]
+    cfg = ProfileConfig(model=str(models[arch]), site=site, threshold=0.0, batch_tokens=64)
+    stats = HFBackend(cfg).profile(sentences)
+    n_tok, acts = oracle_activations(models[arch], sentences, site, include_special=False)
+    want = reference_stats_numpy(acts, 0.0, cfg.bin_edges)
+
+    assert stats.n_tokens == n_tok
+    np.testing.assert_array_equal(stats.n_fired, want["n_fired"])
+    np.testing.assert_array_equal(stats.act_hist, want["act_hist"])
+    np.testing.assert_array_equal(stats.n_nonfinite, want["n_nonfinite"])
+    np.testing.assert_allclose(stats.act_sum, want["act_sum"], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(stats.act_sumsq, want["act_sumsq"], rtol=1e-4, atol=1e-3)
+    # the model really fires and spreads over bins: the comparison is not vacuous
+    assert 0 < stats.n_fired.sum() < stats.n_tokens * stats.n_fired.size
+    assert (stats.act_hist.sum(axis=(0, 1)) > 0).sum() >= 4
+
+
+def test_special_tokens_excluded_by_default_and_counted_on_request(tmp_path):
+    path = make_tiny_model("llama", tmp_path / "m", add_eos=True)  # tokenizer adds BOS and EOS
+    sentences = SENTENCES["fr"]
+    tok = AutoTokenizer.from_pretrained(path)
+    text_tokens = sum(len(tok(s, add_special_tokens=False).input_ids) for s in sentences)
+
+    default = HFBackend(ProfileConfig(model=str(path))).profile(sentences)
+    with_special = HFBackend(ProfileConfig(model=str(path), include_special_tokens=True)).profile(sentences)
+    assert default.n_tokens == text_tokens
+    assert with_special.n_tokens == text_tokens + 2 * len(sentences)
+    n_all, acts = oracle_activations(path, sentences, "gate", include_special=True)
+    assert with_special.n_tokens == n_all
+    np.testing.assert_array_equal(with_special.n_fired, reference_stats_numpy(acts, 0.0, [0.0])["n_fired"])
+
+
+def test_padding_never_counts(models):
+    """One big padded batch and one sentence per batch give the same integer statistics."""
+    sentences = SENTENCES["en"] + SENTENCES["fr"]
+    path = str(models["llama"])
+    batched = HFBackend(ProfileConfig(model=path, batch_tokens=4096)).profile(sentences)
+    single = HFBackend(ProfileConfig(model=path, batch_tokens=1)).profile(sentences)
+    assert batched.n_tokens == single.n_tokens
+    np.testing.assert_array_equal(batched.n_fired, single.n_fired)
+    np.testing.assert_array_equal(batched.act_hist, single.act_hist)
+
+
+def test_threshold_is_strict_and_configurable(models):
+    sentences = SENTENCES["en"]
+    path = str(models["qwen2"])
+    low = HFBackend(ProfileConfig(model=path, threshold=0.0)).profile(sentences)
+    high = HFBackend(ProfileConfig(model=path, threshold=0.5)).profile(sentences)
+    assert (high.n_fired <= low.n_fired).all() and high.n_fired.sum() < low.n_fired.sum()
+    # n_fired at threshold 0.5 = tokens in bins above the 0.5 edge (0.5 is a default edge)
+    edges = np.asarray(ProfileConfig().bin_edges)
+    above = np.flatnonzero(edges >= 0.5)[0] + 1
+    np.testing.assert_array_equal(high.n_fired, low.act_hist[..., above:].sum(-1))
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    from transformers import T5Config
+
+    T5Config(d_model=16, d_ff=16, num_layers=1, num_heads=2, vocab_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ValueError) as e:
+        sites.arch_spec("t5")
+    assert "llama" in str(e.value) and "xglm" in str(e.value)

@@ -1,0 +1,154 @@
+"""End to end on one machine: corpus -> shards -> HF backend -> Zarr store, resume, refusals, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from fixtures import SENTENCES, make_tiny_model
+
+from langneurons import open_partials, open_results
+from langneurons.cli import main
+from langneurons.cluster.worker import Worker
+from langneurons.config import ProfileConfig
+from langneurons.run import profile
+from langneurons.store.reader import ResultsError
+from langneurons.store.schema import ALL_VARS
+from langneurons.store.writer import StoreError
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama"))
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for lang, sents in SENTENCES.items():
+        (d / f"{lang}.txt").write_text("\n".join(sents * 3) + "\n", encoding="utf-8")
+    return str(d)
+
+
+def cfg(model, corpus, out, **kw):
+    return ProfileConfig(model=model, corpus=corpus, out=str(out), shard_size=5, batch_tokens=64, **kw)
+
+
+def arrays(path):
+    ds = xr.open_zarr(path)
+    return {v: ds[v].values for v in ALL_VARS}
+
+
+def test_store_opens_as_labelled_dataset(model, corpus, tmp_path):
+    out = tmp_path / "r.zarr"
+    s = profile(cfg(model, corpus, out), progress=False)
+    assert s.n_shards == 9 and s.n_skipped == 0  # 3 languages x 12 rows / 5 per shard
+
+    ds = xr.open_zarr(out)
+    assert dict(ds.sizes) == {"language": 3, "layer": 2, "neuron": 37, "bin": 16}
+    assert list(ds["language"].values) == ["en", "fr", "ru"]
+    assert ds["n_fired"].dims == ("language", "layer", "neuron")
+    assert ds["act_hist"].dims == ("language", "layer", "neuron", "bin")
+    assert {"bin_lower", "bin_upper"} <= set(ds.coords)
+    assert np.isneginf(ds["bin_lower"].values[0]) and np.isposinf(ds["bin_upper"].values[-1])
+    for a in ("schema_version", "langneurons_version", "model", "model_fingerprint", "architecture",
+              "site", "threshold", "dtype", "backend", "languages", "corpus_fingerprint",
+              "n_sentences", "config", "created", "complete"):
+        assert a in ds.attrs, a
+    assert ds.attrs["complete"] is True and ds.attrs["architecture"] == "llama"
+    assert ds.attrs["model_fingerprint"].startswith("sha256:")
+    assert ds["n_tokens"].dtype == np.int64 and ds["act_sum"].dtype == np.float64
+    assert (ds["n_tokens"].values > 0).all()
+
+    # open_results adds checks and agrees with xarray; partials sum to the totals
+    checked = open_results(str(out))
+    np.testing.assert_array_equal(checked["n_fired"].values, ds["n_fired"].values)
+    parts = open_partials(str(out))
+    assert parts.sizes["shard"] == 9
+    en = parts["n_fired"].where(parts["shard_language"] == "en", drop=True).sum("shard")
+    np.testing.assert_array_equal(en.values, ds["n_fired"].sel(language="en").values)
+
+
+def test_totals_equal_direct_backend_run(model, corpus, tmp_path):
+    """Sharding does not change the counts: totals equal one backend pass over all sentences."""
+    from langneurons.profiler.backends.hf import HFBackend
+
+    out = tmp_path / "r.zarr"
+    profile(cfg(model, corpus, out), progress=False)
+    direct = HFBackend(ProfileConfig(model=model)).profile(SENTENCES["fr"] * 3)
+    ds = open_results(str(out))
+    assert int(ds["n_tokens"].sel(language="fr")) == direct.n_tokens
+    np.testing.assert_array_equal(ds["n_fired"].sel(language="fr").values, direct.n_fired)
+    np.testing.assert_array_equal(ds["act_hist"].sel(language="fr").values, direct.act_hist)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(model, corpus, tmp_path, monkeypatch):
+    full = tmp_path / "full.zarr"
+    profile(cfg(model, corpus, full), progress=False)
+
+    out = tmp_path / "interrupted.zarr"
+    real = Worker.run_shard
+    calls = {"n": 0}
+
+    def dies_after_four(self, shard):
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the user pressed ^C mid-run
+        calls["n"] += 1
+        return real(self, shard)
+
+    monkeypatch.setattr(Worker, "run_shard", dies_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        profile(cfg(model, corpus, out), progress=False)
+    monkeypatch.setattr(Worker, "run_shard", real)
+
+    with pytest.raises(ResultsError, match="incomplete"):
+        open_results(str(out))
+    assert open_partials(str(out)).sizes["shard"] == 4
+
+    s = profile(cfg(model, corpus, out, resume=True), progress=False)
+    assert s.n_skipped == 4
+    a, b = arrays(full), arrays(out)
+    for v in ALL_VARS:
+        np.testing.assert_array_equal(a[v], b[v], err_msg=v)  # bit for bit, floats included
+
+
+def test_store_refuses_other_config_and_existing_out(model, corpus, tmp_path):
+    out = tmp_path / "r.zarr"
+    profile(cfg(model, corpus, out, max_sentences=5), progress=False)
+    with pytest.raises(StoreError, match="already exists"):
+        profile(cfg(model, corpus, out, max_sentences=5), progress=False)
+    with pytest.raises(StoreError, match="threshold"):
+        profile(cfg(model, corpus, out, max_sentences=5, threshold=0.1, resume=True), progress=False)
+    with pytest.raises(StoreError, match="corpus_fingerprint"):
+        profile(cfg(model, corpus, out, max_sentences=6, resume=True), progress=False)
+    # --overwrite starts afresh
+    s = profile(cfg(model, corpus, out, max_sentences=5, threshold=0.1, overwrite=True), progress=False)
+    assert s.n_skipped == 0 and open_results(str(out)).attrs["threshold"] == 0.1
+
+
+def test_cli_profile_info_and_bad_inputs(model, corpus, tmp_path, capsys):
+    out = tmp_path / "cli.zarr"
+    assert main(["profile", "--model", model, "--corpus", corpus, "--out", str(out),
+                 "--languages", "en,ru", "--shard-size", "4", "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert '"ru"' in capsys.readouterr().out
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "en.txt").write_text("one\n\nthree\n", encoding="utf-8")
+    (bad / "fr.txt").write_text("un\ndeux\ntrois\n", encoding="utf-8")
+    cases = {
+        "empty line": ["--corpus", str(bad)],
+        "missing language": ["--corpus", corpus, "--languages", "en,xx"],
+        "bad site": ["--corpus", corpus, "--site", "attn"],
+        "missing model": ["--corpus", corpus, "--model", str(tmp_path / "nope")],
+    }
+    for name, extra in cases.items():
+        dest = tmp_path / f"{name.replace(' ', '_')}.zarr"
+        args = ["profile", "--model", model, "--out", str(dest), "--no-progress"] + extra
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert "error:" in err and len(err.strip().splitlines()) == 1, (name, err)
+        assert not dest.exists(), f"{name}: a store was created for a bad input"
