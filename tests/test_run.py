@@ -152,3 +152,32 @@ def test_cli_profile_info_and_bad_inputs(model, corpus, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error:" in err and len(err.strip().splitlines()) == 1, (name, err)
         assert not dest.exists(), f"{name}: a store was created for a bad input"
+
+
+def test_config_file_with_cli_overrides(tmp_path):
+    from langneurons.cli import build_parser, config_from_args
+
+    f = tmp_path / "run.yaml"
+    f.write_text("model: /m\nthreshold: 0.25\nlanguages: [en, fr]\nshard_size: 7\n", encoding="utf-8")
+    args = build_parser().parse_args(["profile", "--config", str(f), "--threshold", "0.5",
+                                      "--bin-edges", "0,0.5,1", "--include-special-tokens"])
+    cfg = config_from_args(args)
+    assert (cfg.model, cfg.threshold, cfg.languages, cfg.shard_size) == ("/m", 0.5, ["en", "fr"], 7)
+    assert cfg.bin_edges == [0.0, 0.5, 1.0] and cfg.include_special_tokens is True
+
+    f.write_text("modle: /m\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown fields.*modle"):
+        config_from_args(build_parser().parse_args(["profile", "--config", str(f)]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        ProfileConfig(bin_edges=[0.5, 0.0])
+
+
+def test_cli_surface_is_pinned():
+    """Every config field is a flag; renaming one breaks users' scripts, so it must be deliberate."""
+    from langneurons.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert set(sub) == {"profile", "score", "info", "ablate"}
+    flags = {o for a in sub["profile"]._actions for o in a.option_strings}
+    for name in ProfileConfig.field_names():
+        assert "--" + name.replace("_", "-") in flags

@@ -18,17 +18,41 @@ from langneurons.profiler.sites import SiteModule
 
 
 class HookState:
-    """What the hooks need for the current forward pass: which language each token belongs to."""
+    """What the hooks need for the current forward pass: which language each token belongs to.
 
-    def __init__(self, acc: Accumulator, accumulate: AccumulateFn):
+    With `compact`, the hook first gathers the counted rows (indices prepared on the host before
+    the forward, so gathering needs no sync) and reduces only those: padding and special tokens
+    cost nothing. That suits the torch reference; a fused kernel reads the block once with the
+    mask instead, which moves fewer bytes than gathering first.
+    """
+
+    def __init__(self, acc: Accumulator, accumulate: AccumulateFn, *, compact: bool):
         self.acc = acc
         self.accumulate = accumulate
+        self.compact = compact
         self.token_lang: torch.Tensor | None = None  # [B*S] int32, -1 = not counted
+        self.rows: torch.Tensor | None = None        # [R] int64: counted rows (compact only)
+        self.row_lang: torch.Tensor | None = None    # [R] int32: their languages
+
+    def set_batch(self, token_lang: torch.Tensor, device: torch.device) -> None:
+        """Prepare the next forward pass; `token_lang` is [B*S] on the host."""
+        self.token_lang = token_lang.to(device, non_blocking=True)
+        if self.compact:
+            rows = torch.nonzero(token_lang >= 0).squeeze(1)
+            self.rows = rows.to(device, non_blocking=True)
+            self.row_lang = token_lang[rows].to(device, non_blocking=True)
+
+    def clear(self) -> None:
+        self.token_lang = self.rows = self.row_lang = None
 
     def reduce(self, layer: int, x: torch.Tensor) -> None:
         if self.token_lang is None:
             raise RuntimeError("a hooked forward ran without token_lang set: call backend.profile()")
-        self.accumulate(self.acc, layer, x.reshape(-1, x.shape[-1]), self.token_lang)
+        x = x.reshape(-1, x.shape[-1])
+        if self.compact:
+            self.accumulate(self.acc, layer, x.index_select(0, self.rows), self.row_lang)
+        else:
+            self.accumulate(self.acc, layer, x, self.token_lang)
 
 
 @contextmanager

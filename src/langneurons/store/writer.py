@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -184,4 +185,6 @@ class ResultsStore:
         self.group.attrs["complete"] = True
         self.group.attrs["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         # Consolidated metadata lets `xr.open_zarr(path)` open the finished store in one read.
-        zarr.consolidate_metadata(self.url, zarr_format=3)
+        with warnings.catch_warnings():  # "not yet part of the v3 spec": zarr-python and xarray read it
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(self.url, zarr_format=3)

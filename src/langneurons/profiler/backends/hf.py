@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from langneurons.config import ProfileConfig
-from langneurons.kernels.dispatch import get_accumulate
+from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import hooks, sites, tokens
 from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
@@ -70,7 +70,9 @@ class HFBackend:
         )
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, cfg.bin_edges,
                                      cfg.threshold, self.device)
-        self.state = hooks.HookState(self.acc, get_accumulate(cfg.kernel, self.device))
+        self.kernel = resolve(cfg.kernel, self.device)
+        self.state = hooks.HookState(self.acc, get_accumulate(self.kernel, self.device),
+                                     compact=self.kernel == "reference")
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:  # padded positions are masked out, so any id will do
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -83,14 +85,17 @@ class HFBackend:
         with hooks.installed(self.sites, self.state):
             for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.cfg.batch_tokens):
                 ids, attn, lang = self._pad([enc.input_ids[i] for i in batch], [enc.counted[i] for i in batch])
-                self.state.token_lang = lang.reshape(-1)
+                self.state.set_batch(lang.reshape(-1), self.device)
                 self.acc.count_tokens(self.state.token_lang)
-                self.model(input_ids=ids, attention_mask=attn, use_cache=False)
-        self.state.token_lang = None
+                # The base model (no LM head): logits are never needed, and the vocab projection
+                # is a fifth of a small multilingual model's FLOPs.
+                self.model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
+        self.state.clear()
         return self.acc.to_stats(0)
 
     def _pad(self, seqs: list[list[int]], counted: list[list[bool]]):
-        """Right-pad one batch; token_lang is 0 for counted tokens, -1 for special tokens and padding."""
+        """Right-pad one batch (ids and mask on the device); token_lang, on the host, is 0 for
+        counted tokens and -1 for special tokens and padding."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -99,8 +104,7 @@ class HFBackend:
             ids[r, : len(s)] = torch.tensor(s)
             attn[r, : len(s)] = 1
             lang[r, : len(s)] = torch.where(torch.tensor(c), 0, -1)
-        dev = self.device
-        return ids.to(dev, non_blocking=True), attn.to(dev, non_blocking=True), lang.to(dev, non_blocking=True)
+        return ids.to(self.device, non_blocking=True), attn.to(self.device, non_blocking=True), lang
 
     def close(self) -> None:
         del self.model
