@@ -131,5 +131,8 @@ class ProfileConfig:
 #: Fields that do not change the numbers: a store may be resumed with different values.
 RUN_ONLY_FIELDS = frozenset({
     "out", "resume", "overwrite", "workers", "threads_per_worker", "address", "max_retries",
-    "batch_tokens", "kernel", "device", "backend", "vllm_gpu_memory_utilization", "vllm_tensor_parallel",
+    "kernel", "device", "backend", "vllm_gpu_memory_utilization", "vllm_tensor_parallel",
 })
+# batch_tokens is not among them: batch composition changes float sums in the last bits, and a
+# resumed run promises totals bit-identical to an uninterrupted one. CPU thread counts can do the
+# same (matmul blocking); keep --threads-per-worker when resuming on CPU.

@@ -95,6 +95,7 @@ def identity(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus) -> dic
         "include_special_tokens": cfg.include_special_tokens,
         "shard_size": cfg.shard_size,
         "max_length": cfg.max_length,
+        "batch_tokens": cfg.batch_tokens,
     }
 
 

@@ -1,0 +1,50 @@
+"""The Ray actor's body: one `Worker` per process, its model loaded once, a fixed thread count.
+
+A plain class: `cluster.driver` makes it remote (`ray.remote(WorkerActor)`) with the resources
+and restart policy of a run, so importing this module needs no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+from langneurons.cluster.worker import ShardResult, Worker
+from langneurons.config import ProfileConfig
+from langneurons.corpus import ParallelCorpus, Shard
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and Ray respect)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_threads(cfg: ProfileConfig, cores: int) -> int:
+    """Torch CPU threads per worker: cfg.threads_per_worker, else this node's cores / workers."""
+    return cfg.threads_per_worker or max(1, cores // max(1, cfg.workers))
+
+
+class WorkerActor:
+    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, store_url: str):
+        self.threads = worker_threads(cfg, cpu_cores())
+        self.worker = Worker(cfg, corpus, store_url, threads=self.threads)  # threads set before loading
+
+    def ready(self) -> dict:
+        """Answers once the model is loaded; says where and how this worker runs (on Ray)."""
+        import socket
+
+        import torch
+
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "device": str(getattr(self.worker.backend, "device", self.worker.cfg.device))}
+
+    def run_shard(self, shard: Shard) -> ShardResult:
+        return self.worker.run_shard(shard)
+
+    def close(self) -> None:
+        self.worker.close()
