@@ -1,0 +1,109 @@
+"""`make bench`: run every benchmark, then rewrite the results table in benchmarks/README.md.
+
+Each benchmark writes its JSON under benchmarks/results/; the table is generated from those files
+(including kernel results measured earlier on a GPU), between the results markers of the README.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+RUNS = [  # (script, args): together under 20 minutes on a 2-core CPU
+    ("bench_overhead.py", ["--repeats", "5"]),
+    ("bench_store.py", ["--languages", "8"]),
+    ("bench_cluster.py", []),
+    ("bench_kernels.py", []),  # exits 0 at once without CUDA
+]
+
+
+def load(name: str) -> dict | None:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def table() -> str:
+    out = []
+    o = load("overhead.json")
+    if o:
+        s = o["setup"]
+        out += [f"### Profiling overhead ({s['model']}; {s['counted_tokens']:,} tokens, "
+                f"{s['repeats']} interleaved repeats; {o['machine']['cpu']}, {o['machine']['cores']} cores)", "",
+                "| variant | median s | min-max s | tokens/s | overhead vs plain |", "|---|---|---|---|---|"]
+        for k, r in o["variants"].items():
+            out.append(f"| {k} | {r['seconds_median']:.2f} | {r['seconds_min']:.2f}-{r['seconds_max']:.2f} | "
+                       f"{r['tokens_per_s']:.0f} | {r['overhead_pct']:+.1f}% |")
+        out += ["", "| target | measured | met |", "|---|---|---|"]
+        for k, t in o["targets"].items():
+            v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            out.append(f"| {k} | {v} | {'yes' if t['met'] else '**no**'} |")
+        out.append("")
+    c = load("cluster.json")
+    if c:
+        out += ["### Ray overhead and scaling (demo model, CPU)", "",
+                "| config | workers x threads | median s | min-max s | tokens/s |", "|---|---|---|---|---|"]
+        for k, r in c["configs"].items():
+            sec = r["seconds"]
+            tps = r["tokens"] / sec["median"]
+            out.append(f"| {k} | {r['workers']} x {r['threads_per_worker']} | {sec['median']:.1f} | "
+                       f"{sec['min']:.1f}-{sec['max']:.1f} | {tps:.0f} |")
+        d = c.get("derived", {})
+        if d:
+            out += ["", f"Ray overhead (1 Ray worker vs in-process, same threads): {d['ray_overhead_pct']:+.1f}% "
+                    f"end to end, {d['ray_overhead_without_worker_start_pct']:+.1f}% without the worker's start "
+                    f"({d['worker_start_s']['ray_actor']['median']:.1f} s vs "
+                    f"{d['worker_start_s']['inproc']['median']:.1f} s in-process, paid once per worker); "
+                    f"Ray start {d['ray_init_s']:.1f} s once per run. 2 workers x 1 thread: "
+                    f"x{d['speedup_2w_1t_vs_1w_1t']:.2f} vs 1 x 1, x{d['speedup_2w_1t_vs_1w_2t']:.2f} vs 1 x 2."]
+        out.append("")
+    s = load("store.json")
+    if s:
+        st, e = s["setup"], s["extrapolated"]
+        out += [f"### Store ({st['layers']} layers x {st['d_ff']} neurons x {st['bins']} bins, "
+                f"{st['languages_measured']} languages measured)", "",
+                "| write partials | finalize | read totals | on disk | compression |", "|---|---|---|---|---|",
+                f"| {s['write_partials_MBps']:.0f} MB/s | {s['finalize_MBps']:.0f} MB/s | "
+                f"{s['read_totals_MBps']:.0f} MB/s | {s['size_on_disk_MB']:.0f} MB | x{s['compression_ratio']:.1f} |",
+                "", f"Extrapolated to {e['languages']} languages: write + finalize {e['write_plus_finalize_s']:.0f} s, "
+                f"read {e['read_s']:.0f} s, {e['size_on_disk_GB']:.1f} GB on disk.", ""]
+    kernels = sorted(glob.glob(str(RESULTS / "kernels_*.json")))
+    if kernels:
+        for path in kernels:
+            k = json.loads(Path(path).read_text())
+            out += [f"### Kernels on {k['device']}", "", "| tokens | d_ff | copy GB/s | kernel GB/s | of copy |",
+                    "|---|---|---|---|---|"]
+            out += [f"| {r['tokens']} | {r['d_ff']} | {r['copy_GBps']:.0f} | {r['kernel_GBps']:.0f} | "
+                    f"{100 * r['kernel_vs_copy']:.0f}% |" for r in k["rows"]]
+            out.append("")
+    else:
+        out += ["### Kernels", "", "Not measured: no GPU was available to the session that ran this "
+                "(`python benchmarks/bench_kernels.py` on a CUDA machine writes `results/kernels_<gpu>.json`).", ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    failed = []
+    for script, args in RUNS:
+        print(f"== {script} {' '.join(args)}", flush=True)
+        if subprocess.call([sys.executable, str(HERE / script), *args]) != 0:
+            failed.append(script)
+    text = README.read_text()
+    a, b = text.index(START) + len(START), text.index(END)
+    README.write_text(text[:a] + "\n" + table() + "\n" + text[b:])
+    print(f"rewrote {README} in {time.perf_counter() - t0:.0f} s total")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
