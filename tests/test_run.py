@@ -177,7 +177,7 @@ def test_cli_surface_is_pinned():
     from langneurons.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices
-    assert set(sub) == {"profile", "score", "info"}
+    assert set(sub) == {"profile", "score", "info", "ablate"}
     flags = {o for a in sub["profile"]._actions for o in a.option_strings}
     for name in ProfileConfig.field_names():
         assert "--" + name.replace("_", "-") in flags

@@ -3,6 +3,7 @@
     langneurons profile [--model M] [--corpus C] [--out OUT] [--config FILE] [...]
     langneurons score RESULTS [--plot] [--out DIR]
     langneurons info RESULTS
+    langneurons ablate RESULTS [--heldout CORPUS]
 """
 
 from __future__ import annotations
@@ -81,16 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="LAPE language-specific neurons per layer, tables and plots")
     s.add_argument("results", help="results store written by `langneurons profile`")
     s.add_argument("--plot", action="store_true", help="write PNG/SVG plots into --out")
-    s.add_argument("--out", default=None, help="directory for plots (default: <results>.report)")
+    s.add_argument("--out", default=None, help="directory for plots and exports (default: <results>.report)")
     s.add_argument("--top-rate", type=float, default=None, help="LAPE top_rate (default 0.01)")
     s.add_argument("--filter-rate", type=float, default=None, help="LAPE filter percentile (default 0.95)")
     s.add_argument("--activation-bar-ratio", type=float, default=None,
                    help="LAPE activation-bar percentile (default 0.95)")
     s.add_argument("--threshold", type=float, default=None,
                    help="read firing probabilities at this histogram edge instead of the profiled threshold")
+    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples over shards for CIs (0: off)")
+    s.add_argument("--export", action="store_true", help="write neuron tables (CSV/parquet) and masks into --out")
 
     i = sub.add_parser("info", help="describe a results store")
     i.add_argument("results")
+
+    a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
+    a.add_argument("results")
+    a.add_argument("--heldout", default=None,
+                   help="corpus of held-out sentences (default: rows 500-599 of the bundled demo corpus)")
+    a.add_argument("--max-sentences", type=int, default=100)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--top-rate", type=float, default=0.01, help="LAPE top_rate for the masks")
+    a.add_argument("--out", default=None, help="write the perplexity-ratio matrix as CSV here")
 
     return ap
 
@@ -129,7 +141,8 @@ def cmd_score(args) -> int:
     out_dir = args.out or (args.results.rstrip("/") + ".report")
     lape = {k: v for k, v in (("top_rate", args.top_rate), ("filter_rate", args.filter_rate),
                                ("activation_bar_ratio", args.activation_bar_ratio)) if v is not None}
-    print(score_report(ds, out_dir=out_dir, plot=args.plot, threshold=args.threshold, **lape))
+    print(score_report(ds, out_dir=out_dir, plot=args.plot, export=args.export, threshold=args.threshold,
+                       bootstrap=args.bootstrap, results_path=args.results, **lape))
     return 0
 
 
@@ -149,7 +162,15 @@ def cmd_info(args) -> int:
     return 0
 
 
-_COMMANDS = {"profile": cmd_profile, "score": cmd_score, "info": cmd_info}
+def cmd_ablate(args) -> int:
+    from langneurons.scoring.ablation import ablate_report
+
+    print(ablate_report(args.results, heldout=args.heldout, max_sentences=args.max_sentences,
+                        device=args.device, out=args.out, top_rate=args.top_rate))
+    return 0
+
+
+_COMMANDS = {"profile": cmd_profile, "score": cmd_score, "info": cmd_info, "ablate": cmd_ablate}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -138,7 +138,8 @@ def _one_language_all_finite(xf, token_lang, threshold, edges, n_bins):
         idx = torch.bucketize(xf, edges.to(torch.float32), right=False, out_int32=True)
     idx += torch.arange(F, dtype=torch.int32) * n_bins
     return {
-        "n_fired": (xf > threshold).sum(0).unsqueeze(0),
+        # int32 sums of a uint8 view are ~3x faster than summing bools (exact: counts < 2^31)
+        "n_fired": (xf > threshold).view(torch.uint8).sum(0, dtype=torch.int32).long().unsqueeze(0),
         "act_sum": act_sum.unsqueeze(0),
         "act_sumsq": (xf * xf).sum(0).unsqueeze(0),
         "act_hist": torch.bincount(idx.view(-1), minlength=F * n_bins).view(1, F, n_bins),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
+from langneurons.scoring.flatness import flatness, flatness_curves
 from langneurons.scoring.lape import LapeConfig, LapeResult, firing_probability, lape
+from langneurons.scoring.overlap import overlap, specificity_curves
 from langneurons.scoring.thresholds import firing_probability_at
 
 
@@ -26,9 +27,23 @@ def per_layer_table(result: LapeResult) -> str:
     return "\n".join(lines)
 
 
+def _matrix(da: xr.DataArray, fmt: str) -> str:
+    langs = [str(x) for x in da["language"].values]
+    w = max(6, *(len(x) + 1 for x in langs))
+    lines = [" " * 6 + "".join(f"{x:>{w}}" for x in langs)]
+    for i, a in enumerate(langs):
+        lines.append(f"{a:6s}" + "".join(f"{v:>{w}{fmt}}" for v in da.values[i]))
+    return "\n".join(lines)
+
+
 def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: bool = False,
-                 threshold: float | None = None, **lape_kwargs) -> str:
-    """LAPE on a results Dataset: the per-layer table and a summary; with plot, PNG/SVG in out_dir."""
+                 export: bool = False, threshold: float | None = None, bootstrap: int = 0,
+                 results_path: str | None = None, **lape_kwargs) -> str:
+    """LAPE, flatness and overlap on a results Dataset, as text; with plot/export, files in out_dir.
+
+    threshold: read firing probabilities at this histogram edge instead of the profiled threshold.
+    bootstrap: resamples over shard partials (needs results_path) for per-layer 95% intervals.
+    """
     cfg = LapeConfig(**lape_kwargs)
     p = firing_probability(ds) if threshold is None else firing_probability_at(ds, threshold)
     res = lape(p, cfg)
@@ -41,16 +56,45 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
     L = counts.sizes["layer"]
     third = max(L // 3, 1)
     share = lambda sl: int(counts.isel(layer=sl).sum())  # noqa: E731
-    total = int(counts.sum())
     summary = (f"tokens: {toks}\n{int(res.selected.sum())} neurons selected; language assignments: "
-               f"{total} (first third of layers {share(slice(0, third))}, middle "
+               f"{int(counts.sum())} (first third of layers {share(slice(0, third))}, middle "
                f"{share(slice(third, L - third))}, last third {share(slice(L - third, L))})")
-    out = [head, per_layer_table(res), summary]
+    flat = flatness_curves(flatness(ds))
+    fl = (f"flatness of firing probability across languages (1 = agnostic), mean by layer thirds: "
+          + ", ".join(f"{float(flat['probability'].isel(layer=sl).mean()):.3f}"
+                      for sl in (slice(0, third), slice(third, L - third), slice(L - third, L))))
+    ov = overlap(res.masks)
+    out = [head, per_layer_table(res), summary, fl,
+           "overlap of language-specific sets (IoU, all layers):\n" + _matrix(ov["iou_all"], ".2f")]
+    if bootstrap:
+        from langneurons.scoring.bootstrap import bootstrap as run_bootstrap
+        from langneurons.store.reader import open_partials
+
+        if results_path is None:
+            raise ValueError("bootstrap needs the results store path (its shard partials)")
+        b = run_bootstrap(open_partials(results_path), [str(x) for x in ds["language"].values],
+                          n_resamples=bootstrap, config=cfg)
+        lo, hi = b.per_layer_low.sum("language"), b.per_layer_high.sum("language")
+        stable = float((b.stability.where(res.masks) >= 0.9).sum()) / max(int(res.masks.sum()), 1)
+        out.append(f"bootstrap over shards ({bootstrap} resamples): per-layer 95% intervals (per-language bounds, summed) "
+                   "assignments: " + ", ".join(f"{int(layer)}:[{a:.0f},{z:.0f}]" for layer, a, z in
+                                               zip(lo["layer"].values, lo.values, hi.values))
+                   + f"\n{100 * stable:.0f}% of assignments are re-selected in >= 90% of resamples")
+    d = Path(out_dir) if out_dir else Path("langneurons-report")
+    written = []
     if plot:
         from langneurons.scoring import plots
 
-        d = Path(out_dir) if out_dir else Path("langneurons-report")
         d.mkdir(parents=True, exist_ok=True)
-        written = plots.per_layer_curves(counts, d / "lape_per_layer.png", title=head.split(" (")[0])
-        out.append("plots: " + ", ".join(str(w) for w in written))
+        written += plots.per_layer_curves(counts, d / "lape_per_layer.png", title=head.split(" (")[0])
+        written += plots.heatmap(specificity_curves(res.masks), d / "lape_heatmap.png",
+                                 title="language-specific neurons, share of each layer")
+        written += plots.overlap_matrix(ov["iou_all"], d / "overlap_iou.png", title="overlap (IoU), all layers")
+        written += plots.flatness_curves(flat, d / "flatness.png", title="flatness across languages")
+    if export:
+        from langneurons.scoring.export import write_exports
+
+        written += write_exports(p, res, d)
+    if written:
+        out.append("wrote: " + ", ".join(str(w) for w in written))
     return "\n\n".join(out)
