@@ -22,7 +22,9 @@ RUNS = [  # (script, args): together under 20 minutes on a 2-core CPU
     ("bench_store.py", ["--languages", "8"]),
     ("bench_cluster.py", []),
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
+    ("bench_backends.py", []),  # HF vs vLLM: runs with .venv-vllm's interpreter when it exists
 ]
+VLLM_PY = HERE.parent / ".venv-vllm" / "bin" / "python"
 
 
 def load(name: str) -> dict | None:
@@ -74,6 +76,13 @@ def table() -> str:
                 f"{s['read_totals_MBps']:.0f} MB/s | {s['size_on_disk_MB']:.0f} MB | x{s['compression_ratio']:.1f} |",
                 "", f"Extrapolated to {e['languages']} languages: write + finalize {e['write_plus_finalize_s']:.0f} s, "
                 f"read {e['read_s']:.0f} s, {e['size_on_disk_GB']:.1f} GB on disk.", ""]
+    bk = load("backends.json")
+    if bk:
+        out += [f"### HF vs vLLM backend ({bk['setup']['model']}, {bk['setup']['counted_tokens']:,} tokens)", "",
+                "| backend | median s | tokens/s |", "|---|---|---|"]
+        out += [f"| {k} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.0f} |" for k, r in bk["backends"].items()]
+        out += ["", f"n_tokens equal: {bk['n_tokens_equal']}; n_fired agreement {bk['n_fired_agreement']:.4f} "
+                f"(max |diff| {bk['n_fired_max_abs_diff']}; float-order differences between the engines).", ""]
     kernels = sorted(glob.glob(str(RESULTS / "kernels_*.json")))
     if kernels:
         for path in kernels:
@@ -94,7 +103,8 @@ def main() -> int:
     failed = []
     for script, args in RUNS:
         print(f"== {script} {' '.join(args)}", flush=True)
-        if subprocess.call([sys.executable, str(HERE / script), *args]) != 0:
+        py = str(VLLM_PY) if script == "bench_backends.py" and VLLM_PY.exists() else sys.executable
+        if subprocess.call([py, str(HERE / script), *args]) != 0:
             failed.append(script)
     text = README.read_text()
     a, b = text.index(START) + len(START), text.index(END)

