@@ -179,7 +179,7 @@ def test_worker_that_cannot_start_stops_the_run_at_once(model, corpus, local_ray
         profile(cfg(model, corpus, tmp_path / "r.zarr", workers=2), progress=False)
 
 
-def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, faults, caplog):
+def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, faults):
     """Two 1-CPU nodes, one worker each; the non-head node is removed mid-run: its shards in flight
     go to the surviving worker (its own restart waits for a CPU that never frees)."""
     from ray.cluster_utils import Cluster
@@ -214,6 +214,7 @@ def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, fau
         ray.shutdown()
         cluster.shutdown()
     assert 3 <= removed.get("committed", -1) < 18, removed
-    assert any("died" in r.getMessage() for r in caplog.records)  # its shards in flight were resubmitted
+    # Whether the lost worker still had a shard in flight depends on timing (under load it may
+    # have finished its last one before the node went); either way the totals must be exact:
     assert_identical(reference, arrays(out))
     assert s.n_tokens == reference["n_tokens"].sum()
