@@ -7,7 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
-from langneurons.scoring import LapeConfig, bootstrap, flatness, lape, normalised_entropy, overlap
+from langneurons.scoring import LapeConfig, bootstrap, flatness, normalised_entropy, overlap
 from langneurons.scoring.export import load_masks, write_exports
 
 

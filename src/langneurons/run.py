@@ -12,6 +12,7 @@ from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
 from langneurons.corpus import ParallelCorpus, Shard, load_corpus, plan_shards
 from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.store.schema import SCHEMA_VERSION
 from langneurons.store.writer import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def model_info(cfg: ProfileConfig) -> ModelInfo:
 def identity(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus) -> dict:
     """Everything that changes the numbers; a resumed store must match it exactly."""
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "model_fingerprint": info.fingerprint,
         "architecture": info.architecture,
         "site": cfg.site,

@@ -60,7 +60,7 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
                f"{int(counts.sum())} (first third of layers {share(slice(0, third))}, middle "
                f"{share(slice(third, L - third))}, last third {share(slice(L - third, L))})")
     flat = flatness_curves(flatness(ds))
-    fl = (f"flatness of firing probability across languages (1 = agnostic), mean by layer thirds: "
+    fl = ("flatness of firing probability across languages (1 = agnostic), mean by layer thirds: "
           + ", ".join(f"{float(flat['probability'].isel(layer=sl).mean()):.3f}"
                       for sl in (slice(0, third), slice(third, L - third), slice(L - third, L))))
     ov = overlap(res.masks)
