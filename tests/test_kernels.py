@@ -111,3 +111,25 @@ def test_hf_backend_with_triton_equals_reference(tmp_path):
                                        rtol=1e-5, atol=1e-4)
         else:
             assert (getattr(got, v) == getattr(want, v)).all(), v
+
+
+def test_kernel_benchmark_runs_and_renders(tmp_path, monkeypatch):
+    """bench_kernels.py measures only on a GPU; its smoke mode keeps it (and the README table it
+    feeds) working between GPU sessions."""
+    import json
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import bench_kernels
+    import run_all
+
+    out = tmp_path / "kernels_smoke.json"
+    assert bench_kernels.main(["--smoke", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["tokens"], r["d_ff"]) for r in rows] == bench_kernels.SMOKE_SHAPES
+    for r in rows:
+        assert all(r[k] > 0 for k in ("copy_GBps", "stats_GBps", "stats_no_hist_GBps", "fused_GBps")), r
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    assert "| 64 | 96 |" in run_all.table()
+    assert "bench_kernels" in sys.modules

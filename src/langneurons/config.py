@@ -52,6 +52,8 @@ class ProfileConfig:
     """Torch device for the hf backend: auto (cuda if available), cpu, cuda, cuda:1, ..."""
     kernel: str = "auto"
     """Reduction kernel: auto (Triton on CUDA, torch reference elsewhere), reference or triton."""
+    fused_mlp: bool = False
+    """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same numbers; pays off on GPUs."""
     batch_tokens: int = 8192
     """Token budget per forward pass (padded tokens included)."""
     max_length: int = 512
@@ -84,6 +86,9 @@ class ProfileConfig:
         self.bin_edges = list(validate_edges(self.bin_edges))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS}")
+        if self.fused_mlp and self.backend != "hf":
+            raise ValueError(f"fused_mlp replaces transformers MLP modules: it needs backend 'hf', not "
+                             f"{self.backend!r} (vLLM runs its own fused SiLU-and-mul kernel)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
         for name in ("batch_tokens", "max_length", "shard_size"):
@@ -131,7 +136,7 @@ class ProfileConfig:
 #: Fields that do not change the numbers: a store may be resumed with different values.
 RUN_ONLY_FIELDS = frozenset({
     "out", "resume", "overwrite", "workers", "threads_per_worker", "address", "max_retries",
-    "kernel", "device", "backend", "vllm_gpu_memory_utilization", "vllm_tensor_parallel",
+    "kernel", "fused_mlp", "device", "backend", "vllm_gpu_memory_utilization", "vllm_tensor_parallel",
 })
 # batch_tokens is not among them: batch composition changes float sums in the last bits, and a
 # resumed run promises totals bit-identical to an uninterrupted one. CPU thread counts can do the

@@ -74,6 +74,8 @@ def model_info(cfg: ProfileConfig) -> ModelInfo:
     sites.arch_spec(mcfg.model_type)
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code)
+    if cfg.fused_mlp:  # refused here, before a store exists, not in the workers
+        sites.fusable_mlps(m, mcfg.model_type)
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return ModelInfo(model=cfg.model, fingerprint=model_fingerprint(cfg.model, cfg.revision),
                      architecture=mcfg.model_type, n_layers=sites.num_layers(m, mcfg.model_type),

@@ -16,6 +16,8 @@ from langneurons.kernels import reference
 from langneurons.kernels.reference import Accumulator
 
 AccumulateFn = Callable[[Accumulator, int, torch.Tensor, torch.Tensor], None]
+# (acc, layer, gate, up, token_lang, site, act) -> act(gate) * up
+FusedFn = Callable[..., torch.Tensor]
 IMPLS = ("auto", "reference", "triton")
 
 
@@ -39,11 +41,7 @@ def _triton_available() -> bool:
     return True
 
 
-def get_accumulate(impl: str, device: torch.device | str) -> AccumulateFn:
-    """The accumulate function for `impl` on `device`; raises if Triton is asked for but cannot run."""
-    which = resolve(impl, device)
-    if which == "reference":
-        return reference.accumulate_
+def _check_triton_can_run(device: torch.device | str) -> None:
     if not _triton_available():
         raise RuntimeError("kernel 'triton' was requested but triton is not installed: "
                            "pip install 'langneurons[triton]'")
@@ -51,5 +49,22 @@ def get_accumulate(impl: str, device: torch.device | str) -> AccumulateFn:
     if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(f"kernel 'triton' cannot run on device {dev}: use a CUDA device, "
                            "or set TRITON_INTERPRET=1 (slow, for tests), or --kernel reference")
+
+
+def get_accumulate(impl: str, device: torch.device | str) -> AccumulateFn:
+    """The accumulate function for `impl` on `device`; raises if Triton is asked for but cannot run."""
+    if resolve(impl, device) == "reference":
+        return reference.accumulate_
+    _check_triton_can_run(device)
     from langneurons.kernels import triton_stats
     return triton_stats.accumulate_
+
+
+def get_fused(impl: str, device: torch.device | str) -> FusedFn:
+    """The fused SiLU-gated MLP function (returns silu(gate) * up, accumulates the site) for
+    `impl` on `device`: the Triton kernel, or its torch twin; same rules as `get_accumulate`."""
+    if resolve(impl, device) == "reference":
+        return reference.silu_mul_accumulate_
+    _check_triton_can_run(device)
+    from langneurons.kernels import triton_fused
+    return triton_fused.silu_mul_accumulate_

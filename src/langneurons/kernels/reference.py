@@ -157,6 +157,21 @@ def accumulate_(acc: Accumulator, layer: int, x: torch.Tensor, token_lang: torch
     acc.n_nonfinite[:, layer] += b["n_nonfinite"]
 
 
+
+def silu_mul_accumulate_(acc: Accumulator, layer: int, gate: torch.Tensor, up: torch.Tensor,
+                         token_lang: torch.Tensor, site: str, act=torch.nn.functional.silu) -> torch.Tensor:
+    """The fused gated-MLP kernel's spec: return the model's own ``act(gate) * up`` and add the
+    statistics of ``site`` (``gate``: act(gate); ``down_in``: the product) to ``acc``.
+
+    ``act`` is the model's activation module, so on any device this returns exactly what the
+    unprofiled MLP computes. gate, up: [..., F]; token_lang: one entry per row of gate.
+    """
+    h = act(gate)
+    y = h * up
+    x = h if site == "gate" else y
+    accumulate_(acc, layer, x.reshape(-1, x.shape[-1]), token_lang)
+    return y
+
 def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> dict[str, np.ndarray]:
     """Slow, obviously-correct float64 statistics of one language: a test oracle.
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from langneurons.kernels.dispatch import AccumulateFn
+from langneurons.kernels.dispatch import AccumulateFn, FusedFn
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler.sites import SiteModule
 
@@ -26,10 +26,13 @@ class HookState:
     mask instead, which moves fewer bytes than gathering first.
     """
 
-    def __init__(self, acc: Accumulator, accumulate: AccumulateFn, *, compact: bool):
+    def __init__(self, acc: Accumulator, accumulate: AccumulateFn, *, compact: bool,
+                 fuse: FusedFn | None = None, site: str = "gate"):
         self.acc = acc
         self.accumulate = accumulate
         self.compact = compact
+        self.fuse = fuse    # --fused-mlp: the fused gated-MLP function (profiler/fused.py)
+        self.site = site
         self.token_lang: torch.Tensor | None = None  # [B*S] int32, -1 = not counted
         self.rows: torch.Tensor | None = None        # [R] int64: counted rows (compact only)
         self.row_lang: torch.Tensor | None = None    # [R] int32: their languages
@@ -45,9 +48,17 @@ class HookState:
     def clear(self) -> None:
         self.token_lang = self.rows = self.row_lang = None
 
-    def reduce(self, layer: int, x: torch.Tensor) -> None:
+    def _check_batch(self) -> None:
         if self.token_lang is None:
             raise RuntimeError("a hooked forward ran without token_lang set: call backend.profile()")
+
+    def fused(self, layer: int, gate: torch.Tensor, up: torch.Tensor, act) -> torch.Tensor:
+        """act(gate) * up for one layer's MLP, reducing the site on the way (--fused-mlp)."""
+        self._check_batch()
+        return self.fuse(self.acc, layer, gate, up, self.token_lang, self.site, act)
+
+    def reduce(self, layer: int, x: torch.Tensor) -> None:
+        self._check_batch()
         x = x.reshape(-1, x.shape[-1])
         if self.compact:
             self.accumulate(self.acc, layer, x.index_select(0, self.rows), self.row_lang)

@@ -28,9 +28,13 @@ class ArchSpec:
     down: str            # down projection inside the MLP: its input is the `down_in` site
     gated: bool          # act(gate) * up (GLU family) or plain act(fc1)
     act_name: str        # for the docs and the `info` command
+    # MLP.forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)): --fused-mlp may replace it
+    # (when act_fn is SiLU, checked per model: config.hidden_act can differ)
+    fusable: bool = False
 
 
-_LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)")
+_LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                       fusable=True)
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -100,6 +104,31 @@ def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModul
         raise RuntimeError(f"{model_type}: layers share one {site} module, so hooks could not tell "
                            "layers apart; this model build is not supported")
     return out
+
+
+SILU_MODULES = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU modules
+
+
+def fusable_mlps(model: nn.Module, model_type: str) -> list[nn.Module]:
+    """Each layer's MLP, for --fused-mlp: only MLPs known to compute
+    down_proj(silu(gate_proj(x)) * up_proj(x)), which the fused kernel reproduces exactly."""
+    spec = arch_spec(model_type)
+    fusable = sorted(k for k, v in ARCHITECTURES.items() if v.fusable)
+    if not spec.fusable:
+        kind = f"a {spec.act_name.split(' (')[0]}-gated MLP" if spec.gated else "an ungated MLP"
+        raise UnsupportedArchitecture(
+            f"--fused-mlp supports SiLU-gated MLPs ({', '.join(fusable)}); {model_type} has {kind}. "
+            "Drop --fused-mlp: the hooks profile it."
+        )
+    mlps = [_get(block, spec.mlp) for block in _get(model, spec.layers)]
+    for i, mlp in enumerate(mlps):
+        act = type(getattr(mlp, spec.act, None)).__name__
+        if act not in SILU_MODULES:
+            raise UnsupportedArchitecture(
+                f"--fused-mlp computes SiLU, but layer {i}'s activation is {act} "
+                "(config.hidden_act); drop --fused-mlp: the hooks profile any activation."
+            )
+    return mlps
 
 
 def ffn_width(model: nn.Module, model_type: str) -> int:

@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 
 from langneurons.config import ProfileConfig
-from langneurons.kernels.dispatch import get_accumulate, resolve
+from langneurons.kernels.dispatch import get_accumulate, get_fused, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import hooks, sites, tokens
+from langneurons.profiler import fused, hooks, sites, tokens
 from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
 from langneurons.store.schema import Stats
 
@@ -71,8 +71,12 @@ class HFBackend:
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, cfg.bin_edges,
                                      cfg.threshold, self.device)
         self.kernel = resolve(cfg.kernel, self.device)
+        # --fused-mlp: the MLPs whose forward the fused kernel stands in for (else hooks)
+        self.mlps = sites.fusable_mlps(self.model, arch) if cfg.fused_mlp else None
         self.state = hooks.HookState(self.acc, get_accumulate(self.kernel, self.device),
-                                     compact=self.kernel == "reference")
+                                     compact=self.kernel == "reference" and self.mlps is None,
+                                     fuse=get_fused(self.kernel, self.device) if self.mlps else None,
+                                     site=cfg.site)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:  # padded positions are masked out, so any id will do
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -82,7 +86,9 @@ class HFBackend:
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
                             max_length=self.cfg.max_length)
         self.acc.zero_()
-        with hooks.installed(self.sites, self.state):
+        installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
+                     else hooks.installed(self.sites, self.state))
+        with installed:
             for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.cfg.batch_tokens):
                 ids, attn, lang = self._pad([enc.input_ids[i] for i in batch], [enc.counted[i] for i in batch])
                 self.state.set_batch(lang.reshape(-1), self.device)
