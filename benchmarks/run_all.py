@@ -22,6 +22,7 @@ RUNS = [  # (script, args): together under 20 minutes on a 2-core CPU
     ("bench_store.py", ["--languages", "8"]),
     ("bench_cluster.py", []),
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
+    ("bench_kernel_code.py", []),  # the kernels' sm_90 machine code, read without a GPU
     ("bench_backends.py", []),  # HF vs vLLM: runs with .venv-vllm's interpreter when it exists
 ]
 VLLM_PY = HERE.parent / ".venv-vllm" / "bin" / "python"
@@ -101,6 +102,17 @@ def table() -> str:
     else:
         out += ["### Kernels", "", "Not measured: no GPU was available to the session that ran this "
                 "(`python benchmarks/bench_kernels.py` on a CUDA machine writes `results/kernels_<gpu>.json`).", ""]
+    code = load("kernel_code_sm90.json")
+    if code:
+        out += ["### Kernel machine code for sm_90 (static: read from the compiled SASS, no GPU)", "",
+                "| kernel | dtype | instructions / value | registers | shared-memory ops in loop | "
+                "barriers in loop | local-memory ops | issue-bound GB/s (H100 estimate) |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['kernel']} | {r['dtype']} | {r['instructions_per_value']:.1f} | {r['registers']} | "
+                f"{r['shared_memory_ops']} | {r['barriers']} | {r['local_memory_ops']} | "
+                f"{r['issue_bound_GBps']} |" for r in code["rows"]]
+        out += ["", "An estimate of the compute ceiling (see `bench_kernel_code.py`), not a measurement: "
+                "a kernel runs at the lower of this and the memory bandwidth.", ""]
     return "\n".join(out)
 
 

@@ -80,6 +80,35 @@ def test_custom_edges_and_negative_threshold():
     assert_equal_acc(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("n_edges", [0, 1, 16, 31, 40], ids=lambda n: f"{n}edges")
+def test_any_number_of_edges(n_edges):
+    """15 edges (16 bins) per pass over the block; more take more passes, none gives one bin."""
+    x, lang = block(45, 29, torch.float32, n_languages=2, seed=3, nonfinite=True)
+    edges = tuple(torch.linspace(-2.5, 2.5, n_edges).tolist())
+    got = run(triton_stats.accumulate_, x, lang, 2, edges=edges)
+    want = run(reference.accumulate_, x, lang, 2, edges=edges)
+    assert got.act_hist.shape[-1] == n_edges + 1
+    assert_equal_acc(got, want, torch.float32)
+
+
+def test_grid_bounds_every_program():
+    """Each program's bin counts live in 16-bit fields: it never covers more than
+    MAX_ROWS_PER_PROGRAM tokens, and the programs cover every token exactly once."""
+    for T in (1, 7, 8, 63, 4096, 65536, 1_000_003, 40_000_000):
+        for F in (1, 511, 1536, 14336):
+            cols, splits, per = triton_stats.grid(T, F, torch.device("cpu"))
+            assert per % triton_stats.ROWS == 0 and 0 < per <= triton_stats.MAX_ROWS_PER_PROGRAM
+            assert (splits - 1) * per < T <= splits * per, (T, F)
+            assert cols * triton_stats.BLOCK_F >= F > (cols - 1) * triton_stats.BLOCK_F
+
+
+def test_rejects_a_mismatched_accumulator():
+    x, lang = block(8, 16, torch.float32, n_languages=1)
+    acc = Accumulator.zeros(1, 2, 17, DEFAULT_EDGES, 0.0, DEVICE)
+    with pytest.raises(ValueError, match="17 neurons"):
+        triton_stats.accumulate_(acc, 0, x, lang)
+
+
 def test_dispatch(monkeypatch):
     monkeypatch.setenv("LANGNEURONS_KERNEL", "reference")
     assert dispatch.get_accumulate("auto", DEVICE) is reference.accumulate_

@@ -73,6 +73,10 @@ class HFBackend:
         self.kernel = resolve(cfg.kernel, self.device)
         # --fused-mlp: the MLPs whose forward the fused kernel stands in for (else hooks)
         self.mlps = sites.fusable_mlps(self.model, arch) if cfg.fused_mlp else None
+        if self.mlps and self.kernel == "triton":  # it may only stand in for the MLP if exact here
+            from langneurons.kernels import triton_fused
+            for act in {type(m.act_fn): m.act_fn for m in self.mlps}.values():
+                triton_fused.check_exact(act, dtype, self.device)
         self.state = hooks.HookState(self.acc, get_accumulate(self.kernel, self.device),
                                      compact=self.kernel == "reference" and self.mlps is None,
                                      fuse=get_fused(self.kernel, self.device) if self.mlps else None,
