@@ -45,12 +45,19 @@ PATTERNS = {  # what the PTX summary counts
 }
 
 
+def _warps(dtype: str) -> dict:
+    """The launchers' num_warps for activations of `dtype` ('fp32', 'fp16' or 'bf16')."""
+    import torch
+
+    from langneurons.kernels import triton_stats
+    return triton_stats.launch_options(torch.float32 if dtype == "fp32" else torch.bfloat16)
+
+
 def compile_kernel(kernel: str, dtype: str = "bf16", arch: int = 90):
     """The compiled `kernel` ('stats' or 'fused') for sm_<arch> and bf16/fp16/fp32 activations
     (`.asm["ptx"]`, `.asm["cubin"]`), with the default 15 edges."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_kernel needs the real compiler: unset TRITON_INTERPRET")
-    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -60,7 +67,7 @@ def compile_kernel(kernel: str, dtype: str = "bf16", arch: int = 90):
     t = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}[dtype]
     blocks = {"NUM_EDGES": 15, "NUM_GROUPS": 1, "ROWS": triton_stats.ROWS,
               "BLOCK_F": triton_stats.BLOCK_F}
-    warps = triton_stats.launch_options({"fp32": torch.float32}.get(dtype, torch.bfloat16))
+    warps = _warps(dtype)
     if kernel == "stats":
         fn = triton_stats._stats_kernel
         sig = {"x_ptr": f"*{t}", **SIGNATURE_COMMON, "stride_t": "i32"}
@@ -142,8 +149,7 @@ def loop_profile(kernel: str, dtype: str = "bf16", arch: int = 90) -> dict:
     body = hot_loop(sass(compiled))
     ops = Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in body)
     values = triton_stats.ROWS * triton_stats.BLOCK_F  # per loop iteration, per program
-    threads = 32 * triton_stats.launch_options(
-        {"fp32": __import__("torch").float32}.get(dtype, __import__("torch").bfloat16))["num_warps"]
+    threads = 32 * _warps(dtype)["num_warps"]
     per_value = len(body) * threads / values
     return {
         "kernel": kernel, "dtype": dtype, "arch": f"sm_{arch}", "loop_instructions": len(body),

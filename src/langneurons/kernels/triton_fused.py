@@ -165,12 +165,12 @@ def check_exact(act, dtype: torch.dtype, device: torch.device | str) -> None:
         bits = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
         gate = bits.view(dtype)
     else:  # the interpreter runs ~1e4x slower than a GPU: a smaller sweep keeps its tests short
-        n = 2 ** 20 if os.environ.get("TRITON_INTERPRET") != "1" else 2 ** 12
-        bits = torch.randint(-2 ** 31, 2 ** 31, (n,), generator=g, dtype=torch.int64).to(torch.int32)
         special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, 3.4e38, -3.4e38, float("inf"),
                                 float("-inf"), float("nan"), 88.7, -88.7, 103.0, -103.0])
-        gate = torch.cat([bits.view(torch.float32), special]).to(dtype)
-    gate = gate.reshape(-1, 256 if gate.numel() % 256 == 0 else 1).to(dev)
+        n = 2 ** 20 if os.environ.get("TRITON_INTERPRET") != "1" else 2 ** 12
+        bits = torch.randint(-2 ** 31, 2 ** 31, (n - len(special),), generator=g, dtype=torch.int64)
+        gate = torch.cat([bits.to(torch.int32).view(torch.float32), special])
+    gate = gate.reshape(-1, 256).to(dev)  # 2^16 or 2^n values: whole rows of 256 neurons
     for up in (torch.ones_like(gate), torch.randn(gate.shape, generator=g).to(dtype).to(dev)):
         acc = Accumulator.zeros(1, 1, gate.shape[1], (), 0.0, dev)
         lang = torch.full((gate.shape[0],), -1, dtype=torch.int32, device=dev)  # count nothing

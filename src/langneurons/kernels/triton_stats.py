@@ -49,26 +49,23 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _edge(edges_ptr, k, NUM_EDGES: tl.constexpr):
+    """Edge k as a scalar; +inf past the last edge, so nothing is ever above it."""
+    return tl.load(edges_ptr + k, mask=k < NUM_EDGES, other=float("inf"))
+
+
+@triton.jit
 def _edges15(edges_ptr, group, NUM_EDGES: tl.constexpr):
-    """The 15 edges of a group as scalars (loaded once per pass, kept in registers); missing
-    edges are +inf, so nothing is ever above them."""
+    """The 15 edges of a group as scalars, loaded once per pass and kept in registers."""
     o = group * 15
-    inf = float("inf")
-    return (tl.load(edges_ptr + o, mask=o < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 1, mask=o + 1 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 2, mask=o + 2 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 3, mask=o + 3 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 4, mask=o + 4 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 5, mask=o + 5 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 6, mask=o + 6 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 7, mask=o + 7 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 8, mask=o + 8 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 9, mask=o + 9 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 10, mask=o + 10 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 11, mask=o + 11 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 12, mask=o + 12 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 13, mask=o + 13 < NUM_EDGES, other=inf),
-            tl.load(edges_ptr + o + 14, mask=o + 14 < NUM_EDGES, other=inf))
+    return (_edge(edges_ptr, o, NUM_EDGES), _edge(edges_ptr, o + 1, NUM_EDGES),
+            _edge(edges_ptr, o + 2, NUM_EDGES), _edge(edges_ptr, o + 3, NUM_EDGES),
+            _edge(edges_ptr, o + 4, NUM_EDGES), _edge(edges_ptr, o + 5, NUM_EDGES),
+            _edge(edges_ptr, o + 6, NUM_EDGES), _edge(edges_ptr, o + 7, NUM_EDGES),
+            _edge(edges_ptr, o + 8, NUM_EDGES), _edge(edges_ptr, o + 9, NUM_EDGES),
+            _edge(edges_ptr, o + 10, NUM_EDGES), _edge(edges_ptr, o + 11, NUM_EDGES),
+            _edge(edges_ptr, o + 12, NUM_EDGES), _edge(edges_ptr, o + 13, NUM_EDGES),
+            _edge(edges_ptr, o + 14, NUM_EDGES))
 
 
 @triton.jit
