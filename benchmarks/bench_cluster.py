@@ -24,6 +24,7 @@ Writes benchmarks/results/cluster.json and prints a table. About 4 minutes on 2 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ from langneurons import demo  # noqa: E402
 from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.corpus import plan_shards  # noqa: E402
 from langneurons.run import model_info, open_store, profile, read_corpus  # noqa: E402
+from langneurons.store.location import StoreLock, resolve  # noqa: E402
 from langneurons.store.schema import ALL_VARS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
@@ -106,7 +108,11 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     out = str(tmp / "start.zarr")
     cfg = base_cfg(out, args, 1, 1)
     corpus = read_corpus(cfg)
-    open_store(cfg, model_info(cfg), corpus, plan_shards(corpus, cfg.shard_size))  # for workers to open
+    info, max_length = model_info(cfg)
+    cfg = dataclasses.replace(cfg, max_length=max_length)
+    loc = resolve(out)
+    with StoreLock(loc) as lock:  # a store for the workers to open
+        open_store(cfg, loc, lock, info, corpus, plan_shards(corpus, cfg.shard_size))
     res: dict[str, list[float]] = {"inproc": [], "ray_actor": []}
     actor_cls = ray.remote(WorkerActor).options(num_cpus=1)
     for _ in range(repeats):

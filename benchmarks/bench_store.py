@@ -28,6 +28,7 @@ from common import machine_info  # noqa: E402
 from langneurons.corpus import Shard  # noqa: E402
 from langneurons.store.reader import open_results  # noqa: E402
 from langneurons.store.schema import DEFAULT_EDGES, Stats  # noqa: E402
+from langneurons.store.location import StoreLock, resolve  # noqa: E402
 from langneurons.store.writer import ResultsStore  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "store.json"
@@ -61,17 +62,20 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp())
     try:
         url = str(tmp / "bench.zarr")
-        t0 = time.perf_counter()
-        store = ResultsStore.create(url, identity={}, attrs={}, languages=langs, n_layers=L, d_ff=F,
-                                    edges=DEFAULT_EDGES, shards=shards)
-        t_create = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for s in shards:
-            store.write_shard(s.index, stats)
-        t_write = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        store.finalize()
-        t_final = time.perf_counter() - t0
+        loc = resolve(url)
+        with StoreLock(loc) as lock:  # the real writer path: lock, create, commit, finalize
+            t0 = time.perf_counter()
+            store = ResultsStore.open_for_run(loc, lock, resume=False, overwrite=False, identity={}, attrs={},
+                                              languages=langs, n_layers=L, d_ff=F, edges=DEFAULT_EDGES,
+                                              shards=shards)
+            t_create = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for s in shards:
+                store.write_shard(s.index, stats)
+            t_write = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            store.finalize()
+            t_final = time.perf_counter() - t0
         t0 = time.perf_counter()
         ds = open_results(url)
         loaded = {v: ds[v].values for v in ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_tokens")}

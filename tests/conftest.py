@@ -8,3 +8,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory):
+    """A tiny random Llama (tests/fixtures.py), shared read-only by the modules that do not make their own."""
+    from fixtures import make_tiny_model
+
+    return str(make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama"))
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """fixtures.SENTENCES three times over as a textdir corpus: 3 languages x 12 rows."""
+    from fixtures import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus"))

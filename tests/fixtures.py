@@ -98,3 +98,52 @@ def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, seed: int =
     model.save_pretrained(path)
     make_tokenizer(add_eos).save_pretrained(path)
     return path
+
+
+def write_corpus(d: Path, repeat: int = 3) -> str:
+    """SENTENCES as a textdir corpus (each language's sentences `repeat` times) in folder `d`."""
+    d.mkdir(parents=True, exist_ok=True)
+    for lang, sents in SENTENCES.items():
+        (d / f"{lang}.txt").write_text("\n".join(sents * repeat) + "\n", encoding="utf-8")
+    return str(d)
+
+
+def start_cli(argv: list[str], faults: dict | None = None):
+    """`langneurons <argv>` in a subprocess and session of its own (no Ray address inherited), with
+    LANGNEURONS_TEST_FAULTS set to `faults`; stderr is kept for failure messages."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if faults is not None:
+        env["LANGNEURONS_TEST_FAULTS"] = json.dumps(faults)
+    return subprocess.Popen([sys.executable, "-m", "langneurons.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def committed_count(out: Path) -> int:
+    """Shards committed so far in the store at `out` (0 while it is being created)."""
+    import zarr
+
+    try:
+        return int(zarr.open_array(str(out / "partials" / "committed"), mode="r")[:].sum())
+    except Exception:
+        return 0
+
+
+def wait_for_commits(out: Path, proc, n: int, timeout: float = 90.0) -> None:
+    """Wait until `n` shards are committed while `proc` still runs (it is about to be disturbed)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if committed_count(out) >= n:
+            break
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {n} commits: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"timed out waiting for {n} commits in {out}")
+    assert proc.poll() is None, "the run ended before it could be disturbed"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,7 +21,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
-from fixtures import SENTENCES, make_tiny_model  # noqa: E402
+from fixtures import start_cli, wait_for_commits  # noqa: E402
 
 from langneurons.cli import main  # noqa: E402
 from langneurons.cluster.driver import ShardFailed  # noqa: E402
@@ -35,19 +33,6 @@ from langneurons.store.schema import ALL_VARS  # noqa: E402
 ray = pytest.importorskip("ray")
 
 SHARD_SIZE = 2  # 3 languages x 12 rows -> 18 shards: a kill lands mid-run
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return str(make_tiny_model("llama", tmp_path_factory.mktemp("m") / "llama"))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    for lang, sents in SENTENCES.items():
-        (d / f"{lang}.txt").write_text("\n".join(sents * 3) + "\n", encoding="utf-8")
-    return str(d)
 
 
 def cfg(model, corpus, out, **kw):
@@ -127,17 +112,9 @@ def test_killed_driver_resumes(model, corpus, reference, local_ray, tmp_path):
     out = tmp_path / "r.zarr"
     args = ["profile", "--model", model, "--corpus", corpus, "--out", str(out), "--shard-size",
             str(SHARD_SIZE), "--batch-tokens", "64", "--workers", "2", "--threads-per-worker", "1"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env[FAULTS_ENV] = json.dumps({"sleep": 0.4})
-    proc = subprocess.Popen([sys.executable, "-m", "langneurons.cli", *args, "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_cli(args + ["--no-progress"], faults={"sleep": 0.4})
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "partials" / "committed" / "zarr.json").exists() and committed(out).sum() >= 3:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "the driver ended before it could be killed"
+        wait_for_commits(out, proc, 3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
@@ -218,3 +195,71 @@ def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, fau
     # have finished its last one before the node went); either way the totals must be exact:
     assert_identical(reference, arrays(out))
     assert s.n_tokens == reference["n_tokens"].sum()
+
+
+def _listening(pids) -> set[tuple[int, str]]:
+    import psutil
+
+    out = set()
+    for pid in pids:
+        try:
+            for c in psutil.Process(pid).net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.add((pid, c.laddr.ip))
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_local_ray_listens_on_loopback_only_even_if_imported_first(model, corpus, tmp_path):
+    """This module imported ray before any langneurons code ran (the case where Ray used to listen
+    on every interface): the instance langneurons starts binds 127.0.0.1 only, with no dashboard."""
+    import psutil
+
+    from langneurons.cluster.driver import connect
+
+    ray.shutdown()
+    started, reaper = connect(cfg(model, corpus, tmp_path / "r.zarr", workers=1))
+    try:
+        assert started and ray.util.get_node_ip_address() == "127.0.0.1"
+        pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
+        sockets = _listening(pids)
+        assert sockets, "no listening sockets found: the check would prove nothing"
+        assert {ip for _, ip in sockets} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, sockets
+        assert 8265 not in {c.laddr.port for p in pids for c in _conns(p)}, "a dashboard is listening"
+    finally:
+        ray.shutdown()
+        reaper.close()
+
+
+def _conns(pid):
+    import psutil
+
+    try:
+        return [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return []
+
+
+def test_killed_driver_leaves_no_ray_processes(model, corpus, tmp_path):
+    """SIGKILL the driver alone (not its process group): the local Ray instance it started goes too."""
+    import psutil
+
+    out = tmp_path / "r.zarr"
+    argv = ["profile", "--model", model, "--corpus", corpus, "--out", str(out), "--shard-size", str(SHARD_SIZE),
+            "--batch-tokens", "64", "--workers", "1", "--threads-per-worker", "1", "--no-progress"]
+    proc = start_cli(argv, faults={"sleep": 0.3})
+    try:
+        wait_for_commits(out, proc, 2)
+        ray_procs = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                     if "reaper" not in " ".join(p.cmdline())]
+        assert any("raylet" in p.name() or "gcs_server" in p.name() for p in ray_procs), ray_procs
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        gone, alive = psutil.wait_procs(ray_procs, timeout=30)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

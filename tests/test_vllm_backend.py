@@ -6,6 +6,7 @@ torch); in an environment without vLLM it is skipped, saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -24,7 +25,7 @@ from langneurons.profiler.backends.vllm import VLLMBackend  # noqa: E402
 SENTS = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
 
 
-def tiny(arch: str, path, add_eos=False):
+def tiny(arch: str, path, add_eos=False, positions=512):
     """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime."""
     import transformers as tf
 
@@ -32,7 +33,7 @@ def tiny(arch: str, path, add_eos=False):
     cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
     cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
               intermediate_size=101, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-              head_dim=64, max_position_embeddings=512, tie_word_embeddings=False)
+              head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False)
     m = tf.AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for p in m.parameters():
@@ -125,3 +126,26 @@ def test_demo_model_architecture(tmp_path):
     agree = float((got.n_fired == want.n_fired).mean())
     print(f"demo model: n_tokens {got.n_tokens} equal; n_fired agreement {agree:.5f}")
     assert agree >= 0.99
+
+
+def test_default_max_length_fits_a_short_position_limit_and_serialization_switch_is_scoped(tmp_path):
+    """A model with 128 positions at the default --max-length: vLLM needs a position for the token it
+    samples, so prompts are cut at 127 (they used to fail vLLM's validation). The switch that lets
+    vLLM pickle functions is set only around the engine's calls, never left in this process."""
+    from langneurons.profiler.backends.vllm import INSECURE
+
+    assert INSECURE not in os.environ
+    model = tiny("llama", tmp_path / "short", positions=128)
+    long_sentence = " ".join(SENTS * 4)                      # well over 128 tokens
+    c = ProfileConfig(model=model, batch_tokens=256, vllm_gpu_memory_utilization=0.3)
+    backend = VLLMBackend(c)
+    try:
+        assert backend.max_length == 127 and INSECURE not in os.environ
+        got = backend.profile([long_sentence, SENTS[0]])
+        assert INSECURE not in os.environ
+    finally:
+        backend.close()
+    want = HFBackend(dataclasses.replace(c, max_length=127)).profile([long_sentence, SENTS[0]])
+    assert got.n_tokens == want.n_tokens
+    with pytest.raises(ValueError, match=r"--max-length 128 exceeds the model's position limit of 128 .*vLLM"):
+        VLLMBackend(dataclasses.replace(c, max_length=128))

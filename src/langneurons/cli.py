@@ -2,8 +2,11 @@
 
     langneurons profile [--model M] [--corpus C] [--out OUT] [--config FILE] [...]
     langneurons score RESULTS [--plot] [--out DIR]
-    langneurons info RESULTS
+    langneurons info RESULTS [--verify]
     langneurons ablate RESULTS [--heldout CORPUS]
+
+Exit status: 0 on success; 2 on any error (one line on stderr naming the flag, file or array and
+what to do), including `info --verify` finding damage; 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -15,11 +18,9 @@ import inspect
 import json
 import logging
 import sys
-import types
-import typing
 from functools import lru_cache
 
-from langneurons.config import ProfileConfig
+from langneurons.config import ProfileConfig, field_type
 
 
 @lru_cache(maxsize=1)
@@ -34,24 +35,12 @@ def _field_help() -> dict[str, str]:
     return out
 
 
-def _base_type(tp):
-    """(python type, is_list) for annotations like `int | None` or `list[float] | None`."""
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing), {})  # annotations are strings under `from __future__ import annotations`
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return _base_type(args[0])
-    if typing.get_origin(tp) is list:
-        return typing.get_args(tp)[0], True
-    return tp, False
-
-
 def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file of ProfileConfig fields; flags given here override it")
     helps = _field_help()
     for f in dataclasses.fields(ProfileConfig):
         flag = "--" + f.name.replace("_", "-")
-        tp, is_list = _base_type(f.type)
+        tp, is_list, _ = field_type(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         h = f"{helps.get(f.name, '')} (default: {default})"
         if tp is bool:
@@ -70,8 +59,15 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     return ProfileConfig(**given)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error, with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="langneurons", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="langneurons", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -94,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a results store")
     i.add_argument("results")
+    i.add_argument("--verify", action="store_true",
+                   help="read every chunk, check the attributes' checksum and re-sum the partials against "
+                        "the totals; exit status 2 on any damage")
 
     a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
     a.add_argument("results")
@@ -103,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="auto")
     a.add_argument("--top-rate", type=float, default=0.01, help="LAPE top_rate for the masks")
     a.add_argument("--out", default=None, help="write the perplexity-ratio matrix as CSV here")
+    a.add_argument("--model", default=None,
+                   help="the profiled model's folder, if it moved (default: the path stored in the results)")
+    a.add_argument("--allow-model-mismatch", action="store_true",
+                   help="ablate even if the model's weight fingerprint differs from the profiled one")
 
     return ap
 
@@ -116,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: committed shards are kept; continue with --resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, ImportError) as e:
         if args.verbose:
             raise
-        print(f"langneurons {args.command}: error: {e}", file=sys.stderr)
+        text = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+        print(f"langneurons {args.command}: error: {text}", file=sys.stderr)
         return 2
 
 
@@ -127,6 +131,10 @@ def cmd_profile(args) -> int:
     from langneurons.run import profile
 
     cfg = config_from_args(args)
+    if args.no_progress:  # no bars at all, transformers' "Loading weights" included
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     summary = profile(cfg, progress=not args.no_progress)
     print(f"wrote {summary.out}: {summary.n_shards} shards ({summary.n_skipped} already committed), "
           f"{summary.n_tokens:,} tokens in {summary.seconds:.1f}s ({summary.tokens_per_s:,.0f} tok/s)")
@@ -147,18 +155,44 @@ def cmd_score(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from langneurons.store.reader import open_results
+    import xarray as xr
 
-    ds = open_results(args.results, allow_incomplete=True, check=False)
-    a = ds.attrs
-    print(f"{args.results}: {'complete' if a.get('complete') else 'INCOMPLETE (resume with --resume)'}")
+    from langneurons.store import schema
+    from langneurons.store.reader import ResultsError, open_results, store_attrs, verify_store
+
+    if args.verify:
+        rep = verify_store(args.results)
+        for p in rep.problems:
+            print(f"  DAMAGED: {p}")
+        if not rep.ok:
+            raise RuntimeError(f"{args.results}: {len(rep.problems)} problem(s) found (listed above); "
+                               "re-profile, or --resume to profile damaged shards again")
+        print(f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state}; totals equal "
+              "the sum of the committed partials)" if rep.state == "complete" else
+              f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state})")
+        return 0
+    loc, a = store_attrs(args.results)
+    problem = schema.attrs_problem(a)
+    ds = xr.open_zarr(loc.zarr_url, consolidated=False) if a.get("schema_version") == schema.SCHEMA_VERSION else None
+    if a.get("complete") and not problem:
+        try:  # the totals: every chunk present, checksums, counts adding up
+            ds = open_results(args.results)
+        except ResultsError as e:
+            problem = str(e).split(": ", 1)[-1]
+    status = ("DAMAGED: " + problem if problem else
+              "complete (totals checked)" if a.get("complete") else "INCOMPLETE (resume with --resume)")
+    print(f"{args.results}: {status}")
     for k in ("model", "architecture", "model_fingerprint", "site", "threshold", "dtype", "backend",
               "corpus", "n_sentences", "corpus_fingerprint", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")
-    print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
-    if a.get("complete"):
+    if ds is not None:
+        print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
+    if a.get("complete") and not problem:
         toks = dict(zip(map(str, ds["language"].values), map(int, ds["n_tokens"].values)))
         print(f"  {'n_tokens':20s} {json.dumps(toks)}")
+    print("  (`langneurons info --verify` also reads every partial and re-sums them)")
+    if problem:
+        raise RuntimeError(f"{args.results} is damaged: {problem}")
     return 0
 
 
@@ -166,7 +200,8 @@ def cmd_ablate(args) -> int:
     from langneurons.scoring.ablation import ablate_report
 
     print(ablate_report(args.results, heldout=args.heldout, max_sentences=args.max_sentences,
-                        device=args.device, out=args.out, top_rate=args.top_rate))
+                        device=args.device, out=args.out, model=args.model,
+                        allow_model_mismatch=args.allow_model_mismatch, top_rate=args.top_rate))
     return 0
 
 

@@ -1,20 +1,30 @@
 """The run configuration: one typed dataclass, filled from defaults, a config file and the CLI.
 
-Each field's docstring-comment is its CLI help. `__post_init__` rejects bad values naming the field.
+Each field's docstring-comment is its CLI help. `__post_init__` checks every field (type, range,
+choice) before anything runs, and rejects a bad value with one message naming its flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from langneurons.corpus import FORMATS, CorpusError, check_code
 from langneurons.store.schema import DEFAULT_EDGES, validate_edges
 
 BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SITES = ("gate", "down_in")
+KERNELS = ("auto", "reference", "triton")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEFAULT_MAX_LENGTH = 512
 
 
 @dataclass(kw_only=True, slots=True)
@@ -56,8 +66,8 @@ class ProfileConfig:
     """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same numbers; pays off on GPUs."""
     batch_tokens: int = 8192
     """Token budget per forward pass (padded tokens included)."""
-    max_length: int = 512
-    """Truncate sentences longer than this many tokens (the truncation is logged)."""
+    max_length: int | None = None
+    """Truncate sentences longer than this many tokens (the truncation is logged). Default: 512, or the model's position limit if lower; more than the model's limit is refused."""
     shard_size: int = 128
     """Sentences per shard: the unit of scheduling, retry, resume and bootstrap."""
     workers: int = 0
@@ -80,29 +90,70 @@ class ProfileConfig:
     """Fraction of GPU memory vLLM may take."""
 
     def __post_init__(self) -> None:
-        from langneurons.profiler.sites import check_site
-
-        check_site(self.site)
-        self.bin_edges = list(validate_edges(self.bin_edges))
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend {self.backend!r} is not one of {BACKENDS}")
+        self._check_types()
+        flag = _flag
+        for name in ("model", "revision", "corpus", "address"):
+            v = getattr(self, name)
+            if v is not None and not v.strip():
+                raise ValueError(f"{flag(name)} is empty: give a value or leave the flag out")
+        if not self.out.strip():
+            raise ValueError("--out is empty: give a path for the results store, e.g. --out results/run.zarr")
+        for name, choices in (("site", SITES), ("backend", BACKENDS), ("dtype", DTYPES), ("kernel", KERNELS),
+                              ("corpus_format", FORMATS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{flag(name)} {getattr(self, name)!r} is not one of: {', '.join(choices)}")
+        if not DEVICE.match(self.device):
+            raise ValueError(f"--device {self.device!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"--threshold {self.threshold} is not a finite number: a neuron fires when its "
+                             "activation is > threshold; give e.g. --threshold 0")
+        try:
+            self.bin_edges = [float(e) for e in validate_edges(self.bin_edges)]
+        except ValueError as e:
+            raise ValueError(f"--bin-edges: {e}") from None
         if self.fused_mlp and self.backend != "hf":
-            raise ValueError(f"fused_mlp replaces transformers MLP modules: it needs backend 'hf', not "
+            raise ValueError(f"--fused-mlp replaces transformers MLP modules: it needs backend 'hf' (--backend hf), not "
                              f"{self.backend!r} (vLLM runs its own fused SiLU-and-mul kernel)")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
-        for name in ("batch_tokens", "max_length", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise ValueError(f"max_sentences must be >= 1, got {self.max_sentences}")
-        if self.workers < 0 or self.max_retries < 0:
-            raise ValueError(f"workers and max_retries must be >= 0, got {self.workers}, {self.max_retries}")
+        for name, low in (("batch_tokens", 1), ("max_length", 1), ("shard_size", 1), ("max_sentences", 1),
+                          ("threads_per_worker", 1), ("vllm_tensor_parallel", 1), ("workers", 0),
+                          ("max_retries", 0)):
+            v = getattr(self, name)
+            if v is not None and v < low:
+                raise ValueError(f"{flag(name)} must be >= {low}, got {v}")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ValueError(f"--vllm-gpu-memory-utilization must be in (0, 1], got "
+                             f"{self.vllm_gpu_memory_utilization}")
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite contradict each other: choose one")
+            raise ValueError("--resume and --overwrite contradict each other: choose one")
         if self.languages is not None:
-            if len(set(self.languages)) != len(self.languages):
-                raise ValueError(f"languages lists a code twice: {self.languages}")
+            if not self.languages:
+                raise ValueError("--languages is empty: give codes such as en,fr (or leave it out for all)")
+            try:
+                for code in self.languages:
+                    check_code(code, "--languages")
+            except CorpusError as e:
+                raise ValueError(str(e)) from None
+            if len({c.casefold() for c in self.languages}) != len(self.languages):
+                raise ValueError(f"--languages lists a code twice: {','.join(self.languages)}")
+
+    def _check_types(self) -> None:
+        """Every field holds its annotated type (config files can hold anything)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            tp, is_list, optional = field_type(f.name)
+            if v is None and optional:
+                continue
+            if is_list:
+                ok = isinstance(v, list) and all(_is(x, tp) for x in v)
+                want = f"a list of {tp.__name__}"
+            else:
+                ok = _is(v, tp)
+                want = tp.__name__
+            if not ok:
+                raise ValueError(f"{_flag(f.name)} must be {want}, got {v!r}")
+        # ints are accepted for float fields: store them as floats
+        self.threshold = float(self.threshold)
+        self.vllm_gpu_memory_utilization = float(self.vllm_gpu_memory_utilization)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +182,31 @@ class ProfileConfig:
             raise ValueError(f"config file {p} has unknown fields {unknown}; known: {cls.field_names()}")
         data.update(overrides)
         return cls(**data)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _is(v: Any, tp: type) -> bool:
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, tp)
+
+
+@functools.lru_cache(maxsize=None)
+def field_type(name: str) -> tuple[type, bool, bool]:
+    """(base type, is a list, may be None) of a ProfileConfig field, from its annotation."""
+    tp = typing.get_type_hints(ProfileConfig)[name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    optional = type(None) in typing.get_args(tp)
+    if optional:
+        tp = args[0]
+    if typing.get_origin(tp) is list:
+        return typing.get_args(tp)[0], True, optional
+    return tp, False, optional
 
 
 #: Fields that do not change the numbers: a store may be resumed with different values.

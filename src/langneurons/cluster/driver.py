@@ -6,8 +6,10 @@ Connecting. In a process that already has a Ray session (`ray.is_initialized()`)
 used as it is. Otherwise `cfg.address` ('auto', 'host:port', 'ray://host:10001') or the
 RAY_ADDRESS variable (which `ray job submit` sets for its entry point) names a cluster to join.
 Otherwise a local instance is started for this run and shut down after it: no dashboard, usage
-stats off, every Ray process bound to 127.0.0.1, worker logs kept out of the terminal (they are in
-/tmp/ray/session_latest/logs), and enough CPUs declared for the workers asked for.
+stats off, every Ray process bound to 127.0.0.1 (whether or not `ray` was imported before; checked
+after the start, and refused otherwise), worker logs kept out of the terminal (they are in
+/tmp/ray/session_latest/logs), and enough CPUs declared for the workers asked for. A watcher
+process (`cluster.reaper`) stops the instance's processes if the driver is killed.
 
 Workers. `cfg.workers` actors (`cluster.actor.WorkerActor`), each loading the model once: one GPU
 each when the cluster has GPUs (or `device` names cuda), else `threads_per_worker` CPUs each
@@ -55,10 +57,10 @@ Concurrent writers. Every worker writes its shards' chunks of the same store, so
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ from typing import Any
 
 from langneurons.cluster.actor import WorkerActor, cpu_cores
 from langneurons.cluster.progress import ShardProgress
+from langneurons.cluster.reaper import Reaper
 from langneurons.config import ProfileConfig
 from langneurons.corpus import ParallelCorpus, Shard
 
@@ -89,36 +92,80 @@ def run_on_ray(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *,
         return 0
     if cfg.workers < 1:
         raise ValueError(f"workers must be >= 1 to run on Ray, got {cfg.workers}")
-    started = connect(cfg)
+    started, reaper = connect(cfg)
     try:
-        return _Scheduler(cfg, corpus, todo).run(progress=progress)
+        on_ready = reaper.report_children if reaper is not None else None
+        return _Scheduler(cfg, corpus, todo, on_ready=on_ready).run(progress=progress)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+        if reaper is not None:
+            reaper.close()
 
 
-def connect(cfg: ProfileConfig) -> bool:
-    """Use, join or start Ray (see the module docstring); True when the caller must shut it down."""
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds its node to 127.0.0.1
+
+
+def connect(cfg: ProfileConfig) -> tuple[bool, Reaper | None]:
+    """Use, join or start Ray (see the module docstring): (whether the caller must shut it down,
+    the watcher of a local instance's processes)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if not address and "ray" not in sys.modules:
-        # A local instance serves this machine only. Ray otherwise resolves 127.0.0.1 to the
-        # routable address and listens there; this switch (read when ray is imported, and inherited
-        # by the processes it starts) keeps them all on loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _import_ray()
     if ray.is_initialized():
         log.info("using this process's Ray session")
-        return False
+        return False, None
     if address:
         log.info("joining the Ray cluster at %s", address)
         ray.init(address=address)
-        return True
+        return True, None
     n_cpus = max(cpu_cores(), cfg.workers * (cfg.threads_per_worker or 1))
-    ray.init(address="local", num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
-    return True
+    reaper = Reaper.start()
+    try:
+        with _loopback_only():
+            ray.init(address="local", num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
+        ip = ray.util.get_node_ip_address()
+        if ip != "127.0.0.1":
+            ray.shutdown()
+            raise RuntimeError(f"the local Ray instance bound to {ip}, not 127.0.0.1, so other machines could "
+                               "reach it; refusing to run. Start Ray yourself (`ray start --head "
+                               "--node-ip-address 127.0.0.1`) and pass --address auto")
+        if reaper is not None:
+            reaper.report_children()
+    except BaseException:
+        if reaper is not None:
+            reaper.close()
+        raise
+    return True, reaper
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Make the local instance listen on 127.0.0.1 only, whether `ray` was imported before or not.
+
+    Ray reads LOOPBACK_ENV once, when `ray` is imported, into `ray_constants.ENABLE_RAY_CLUSTER`
+    (its processes read the variable again at their own start). So both are set for the start
+    and restored afterwards; `connect` then checks the address Ray actually used."""
+    before_env = os.environ.get(LOOPBACK_ENV)
+    os.environ[LOOPBACK_ENV] = "0"
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # a Ray without this module: the check in `connect` still holds
+        ray_constants = None
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if ray_constants is not None and before is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if ray_constants is not None and before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before_env
 
 
 def _import_ray():
@@ -164,10 +211,11 @@ class _Slot:
 
 
 class _Scheduler:
-    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard]):
+    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, on_ready=None):
         import ray
 
         self.cfg = cfg
+        self.on_ready = on_ready                      # called when a worker becomes ready
         self.todo = todo
         self.queue: deque[Shard] = deque(todo)
         self.failures: Counter[int] = Counter()      # shard index -> failed attempts
@@ -323,6 +371,8 @@ class _Scheduler:
         else:
             slot.state, slot.ping_errors = "ready", 0
             log.debug("worker %s ready: %s", slot.name, info)
+            if self.on_ready is not None:
+                self.on_ready()
 
     def _log_waiting(self) -> None:
         waiting = [s.name for s in self.slots if s.state == "starting"]

@@ -27,7 +27,7 @@ from langneurons.config import ProfileConfig
 from langneurons.corpus import ParallelCorpus, Shard
 from langneurons.profiler.backends import make_backend
 from langneurons.store.schema import Stats
-from langneurons.store.writer import ResultsStore
+from langneurons.store.writer import ResultsStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,12 @@ class Worker:
         stats = self.backend.profile(sentences)
         if self.faults is not None:
             self.faults.before_commit(shard, self.store, stats)
-        self.store.write_shard(shard.index, stats)
+        try:
+            self.store.write_shard(shard.index, stats)
+        except OSError as e:
+            raise StoreError(f"writing shard {shard.id} (#{shard.index}) to {self.store.url} failed: {e}. "
+                             "Committed shards are kept: fix the cause (disk space, permissions) and run the "
+                             "same command with --resume") from e
         return ShardResult(shard.index, stats.n_tokens, time.perf_counter() - t0)
 
     def close(self) -> None:

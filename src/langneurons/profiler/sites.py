@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-SITES = ("gate", "down_in")
+from langneurons.config import SITES
 
 
 @dataclass(frozen=True, slots=True)

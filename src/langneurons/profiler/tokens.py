@@ -11,7 +11,42 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
+from langneurons.config import DEFAULT_MAX_LENGTH
+
 log = logging.getLogger(__name__)
+
+_POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def position_limit(model_config) -> int | None:
+    """How many positions the model was built for (None: no limit, e.g. ALiBi in BLOOM)."""
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for name in _POSITION_FIELDS:
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def resolve_max_length(requested: int | None, limit: int | None, backend: str, *, quiet: bool = False) -> int:
+    """The longest sequence a run feeds the model: `requested`, or the default capped at the model's
+    position limit. Positions beyond the limit were never trained (RoPE) or do not exist (learned
+    embeddings), so asking for more is refused. vLLM needs one position more than the prompt for the
+    token it samples, so there the prompt may use limit - 1."""
+    usable = None if limit is None else (limit - 1 if backend == "vllm" else limit)
+    if requested is None:
+        if usable is not None and usable < DEFAULT_MAX_LENGTH:
+            if not quiet:
+                log.info("max_length: %d (the model has %d positions%s)", usable, limit,
+                         "; vLLM keeps one for the sampled token" if backend == "vllm" else "")
+            return usable
+        return DEFAULT_MAX_LENGTH
+    if usable is not None and requested > usable:
+        extra = (f" (vLLM needs one position for the token it samples: at most {usable}, or use --backend hf)"
+                 if backend == "vllm" else "")
+        raise ValueError(f"--max-length {requested} exceeds the model's position limit of {limit} tokens{extra}; "
+                         f"give --max-length {usable} or less (longer sentences are truncated, and logged)")
+    return requested
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -79,7 +80,7 @@ def masks_to_indices(masks: xr.DataArray, language) -> dict[int, torch.Tensor]:
 
 
 def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str]], *, site: str = "gate",
-           device: str = "auto", dtype=torch.float32) -> xr.Dataset:
+           device: str = "auto", dtype=torch.float32, revision: str | None = None) -> xr.Dataset:
     """Perplexity of every held-out language with each language's neurons zeroed.
 
     Returns `ppl[ablated, evaluated]`, `base[evaluated]` and `ratio = ppl / base`.
@@ -88,8 +89,8 @@ def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(dev).eval()
+    tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, revision=revision).to(dev).eval()
     mt = model.config.model_type
     langs = [str(x) for x in masks["language"].values]
     evals = list(heldout)
@@ -122,22 +123,52 @@ def diagonal_report(res: xr.Dataset) -> str:
     return "\n".join(lines)
 
 
+def check_model(ds_attrs: dict, model: str | None, *, allow_mismatch: bool = False) -> str:
+    """The model to ablate: `model` or the stored path, whose weights must be the profiled ones
+    (same fingerprint and revision), unless `allow_mismatch`."""
+    from langneurons.profiler.backends.base import model_fingerprint
+
+    path = model or ds_attrs.get("model")
+    if not path:
+        raise ValueError("the results do not name their model; pass --model")
+    revision = ds_attrs.get("revision")
+    if str(ds_attrs.get("model_fingerprint", "")).startswith("sha256:") and not Path(path).is_dir():
+        raise FileNotFoundError(f"the profiled model was the local folder {ds_attrs.get('model')}, and {path} "
+                                "is no such folder; pass the model's folder with --model")
+    try:
+        fp = model_fingerprint(path, revision)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; if the model moved, pass its folder with --model") from None
+    if fp != ds_attrs.get("model_fingerprint") and not allow_mismatch:
+        raise ValueError(f"the model at {path} (fingerprint {fp[:19]}..., revision {revision}) is not the one "
+                         f"profiled (fingerprint {str(ds_attrs.get('model_fingerprint'))[:19]}...): its weights "
+                         "changed, so the neurons would not be the ones selected. Pass the profiled model "
+                         "with --model, or --allow-model-mismatch to ablate anyway")
+    return path
+
+
 def ablate_report(results: str, *, heldout: str | None = None, max_sentences: int = 100,
-                  device: str = "auto", out: str | None = None, **lape_kwargs) -> str:
+                  device: str = "auto", out: str | None = None, model: str | None = None,
+                  allow_model_mismatch: bool = False, **lape_kwargs) -> str:
     """What `langneurons ablate` prints: LAPE masks from the store, perplexity matrix on held-out text."""
     from langneurons.corpus import demo_corpus_path, load_corpus
     from langneurons.scoring.lape import LapeConfig, firing_probability, lape
     from langneurons.store.reader import open_results
 
+    if out and Path(out).exists():
+        head = Path(out).read_text(errors="replace").split("\n", 1)[0] if Path(out).is_file() else ""
+        if not head.startswith("ablated,"):  # an earlier `ablate --out` table may be replaced, nothing else
+            raise ValueError(f"--out {out} exists and is not an earlier ablation table; choose a new file name")
     ds = open_results(results)
+    model_path = check_model(ds.attrs, model, allow_mismatch=allow_model_mismatch)
     langs = [str(x) for x in ds["language"].values]
     if heldout is None:  # the bundled corpus holds rows 500-599 out of the demo profile
         corpus = load_corpus(demo_corpus_path(), languages=langs, start=500, max_sentences=max_sentences)
     else:
         corpus = load_corpus(heldout, languages=langs, max_sentences=max_sentences)
     masks = lape(firing_probability(ds), LapeConfig(**lape_kwargs)).masks
-    res = ablate(ds.attrs["model"], masks, {lang: list(corpus.sentences[lang]) for lang in langs},
-                 site=ds.attrs.get("site", "gate"), device=device)
+    res = ablate(model_path, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
+                 site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"))
     if out:
         res["ratio"].to_pandas().to_csv(out)
     return diagonal_report(res)

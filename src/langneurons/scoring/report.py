@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import xarray as xr
@@ -10,6 +11,21 @@ from langneurons.scoring.flatness import flatness, flatness_curves
 from langneurons.scoring.lape import LapeConfig, LapeResult, firing_probability, lape
 from langneurons.scoring.overlap import overlap, specificity_curves
 from langneurons.scoring.thresholds import firing_probability_at
+
+
+REPORT_MARKER = "langneurons-report.json"
+
+
+def prepare_report_dir(d: Path) -> None:
+    """Plots and exports go into a new or empty folder, or into an earlier report (it holds
+    REPORT_MARKER): never among other files, which they could overwrite."""
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"--out {d} is a file: give a folder for the report's plots and exports")
+    if d.is_dir() and any(d.iterdir()) and not (d / REPORT_MARKER).is_file():
+        raise ValueError(f"--out {d} is a folder of other files; `score` writes plots and exports only into "
+                         "a new folder, an empty one, or an earlier report: choose another --out")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / REPORT_MARKER).write_text(json.dumps({"written_by": "langneurons score"}) + "\n")
 
 
 def per_layer_table(result: LapeResult) -> str:
@@ -82,10 +98,11 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
                    + f"\n{100 * stable:.0f}% of assignments are re-selected in >= 90% of resamples")
     d = Path(out_dir) if out_dir else Path("langneurons-report")
     written = []
+    if plot or export:
+        prepare_report_dir(d)
     if plot:
         from langneurons.scoring import plots
 
-        d.mkdir(parents=True, exist_ok=True)
         written += plots.per_layer_curves(counts, d / "lape_per_layer.png", title=head.split(" (")[0])
         written += plots.heatmap(specificity_curves(res.masks), d / "lape_heatmap.png",
                                  title="language-specific neurons, share of each layer")

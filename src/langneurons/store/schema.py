@@ -3,7 +3,8 @@
 A results store is a Zarr v3 group laid out as::
 
     results.zarr/
-      zarr.json                    root attributes (see ATTRS below)
+      zarr.json                    root attributes (see ATTRS below), sealed by `checksum`
+      langneurons.lock             present while a run writes the store (see store/location.py)
       language[language]           coordinate: language codes (str)
       layer[layer]                 coordinate: 0..L-1
       neuron[neuron]               coordinate: 0..F-1 (the model's own neuron order)
@@ -19,6 +20,17 @@ A results store is a Zarr v3 group laid out as::
         shard_language[shard], shard_start[shard], shard_stop[shard]   the shard plan
         n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`)
         committed[shard]           uint8: 1 once every partial chunk of that shard is written
+
+Every chunk that should exist is written, zeros included (`write_empty_chunks`): coordinates,
+`committed` and the totals always, a shard's partial chunks once it is committed. A missing chunk
+is therefore damage, never "zero", and readers report it naming the array and the chunk (zarr
+itself would silently read the fill value). Each chunk carries a crc32c of its stored bytes.
+
+The root attributes carry `checksum`: sha256 over every other root attribute as canonical JSON.
+An attribute edited by hand (a threshold, the model, `complete`) no longer matches, and every
+reader refuses the store. It detects edits and damage, not forgery. `state` is "creating" until
+every array exists, "profiling" while shards are committed, then "complete" (with `complete`
+true); a store still "creating" holds no results and a new run may replace it.
 
 The totals (root arrays) are written once, when every shard is committed, as the sum of the
 committed partials in shard order: totals are therefore bit-identical however the shards were
@@ -37,12 +49,14 @@ Token and value conventions (the spec every backend and kernel follows):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: attribute checksum, `state`, every chunk written, the store marker
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -75,17 +89,51 @@ TRAILING_DIMS: dict[str, tuple[str, ...]] = {
 
 #: Root attributes every complete store carries (plain JSON).
 ATTRS: tuple[str, ...] = (
-    "schema_version", "langneurons_version", "model", "model_fingerprint", "architecture",
-    "site", "threshold", "dtype", "backend", "languages", "corpus_fingerprint", "n_sentences",
-    "config", "created", "complete",
+    "langneurons_store", "schema_version", "langneurons_version", "model", "revision",
+    "model_fingerprint", "architecture", "n_layers", "d_ff", "site", "threshold", "dtype", "backend",
+    "languages", "corpus", "corpus_fingerprint", "n_sentences", "include_special_tokens", "config",
+    "identity", "bin_edges", "n_shards", "versions", "created", "state", "complete", "checksum",
 )
+#: Root attributes a writer may change after creation (each change re-seals the checksum).
+MUTABLE_ATTRS: tuple[str, ...] = ("state", "complete", "completed", "checksum")
 
-#: Attributes that must match for a store to be resumed (anything that changes the numbers).
-IDENTITY_ATTRS: tuple[str, ...] = (
-    "schema_version", "model_fingerprint", "architecture", "site", "threshold", "dtype",
-    "languages", "corpus_fingerprint", "n_sentences", "bin_edges", "include_special_tokens",
-    "shard_size",
-)
+
+def canonical_json(obj) -> bytes:
+    """The one byte encoding of plain-JSON attributes that checksums are taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def attrs_checksum(attrs: dict) -> str:
+    """sha256 over every root attribute except `checksum` itself."""
+    body = {k: v for k, v in attrs.items() if k != "checksum"}
+    return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def sealed(attrs: dict) -> dict:
+    """`attrs` as stored (a JSON round trip) with its checksum."""
+    out = json.loads(canonical_json({k: v for k, v in attrs.items() if k != "checksum"}))
+    out["checksum"] = attrs_checksum(out)
+    return out
+
+
+def attrs_problem(attrs: dict) -> str | None:
+    """Why these root attributes cannot be trusted, or None."""
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return (f"schema version {version!r}, but this langneurons reads version {SCHEMA_VERSION}: "
+                "re-profile with this version, or open it with the langneurons that wrote it")
+    if "checksum" not in attrs:
+        return "the root attributes have no checksum: they were edited, or this is not a complete write"
+    try:
+        ok = attrs_checksum(attrs) == attrs["checksum"]
+    except ValueError:  # NaN/inf: not plain JSON
+        ok = False
+    if not ok:
+        return ("the root attributes (zarr.json) were edited after the run: their checksum does not "
+                "match, so the threshold, model or corpus they state may not be what was profiled. "
+                "Restore the original zarr.json or re-profile")
+    return None
 
 
 def validate_edges(edges) -> tuple[float, ...]:

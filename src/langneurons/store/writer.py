@@ -1,11 +1,17 @@
 """Create, resume and fill a results store, exactly once per shard (see schema.py for the layout).
 
 Exactly-once protocol:
-1. the driver creates the store with the shard plan and the run's identity attributes;
+1. the driver, holding the store's lock (`location.StoreLock`), creates the store: the root
+   attributes first (identity, `state: creating`), then every array, its coordinates and the
+   `committed` markers (all written, zeros included), then `state: profiling`;
 2. whoever profiles shard i writes its partial chunks (each variable's chunk i), then its
    `committed` chunk i: data first, marker last. A re-run of shard i overwrites only chunks i;
 3. the driver writes the totals once every marker is set, summing partials in shard order, and
    only then sets `complete`. Totals never depend on who ran what, in which order, how often.
+
+Integrity. A committed shard's chunks are checked before they are summed (present, checksum
+intact); a missing or corrupt one is an error naming the array and the chunk. `--resume` checks
+the committed shards it relies on and re-runs the damaged ones (`damaged_shards`).
 
 Concurrent writers are safe because they never share a chunk. On a local or POSIX shared file
 system each chunk is written to a temporary file and renamed (zarr's LocalStore); object stores
@@ -26,34 +32,32 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from langneurons.corpus import Shard
 from langneurons.store import schema
-from langneurons.store.schema import ALL_VARS, DTYPES, NEURON_VARS, TRAILING_DIMS, Stats
+from langneurons.store.chunks import ChunkDamaged, missing_chunks, read_checked, short
+from langneurons.store.location import (
+    MARKER, Kind, Location, StoreLocationError, StoreLock, foreign_message, inspect, remove_store, removable,
+    resolve,
+)
+from langneurons.store.schema import ALL_VARS, DTYPES, TRAILING_DIMS, Stats
 
 log = logging.getLogger(__name__)
 
 COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # checksum last: it covers the stored bytes
+WRITE_ALL = {"write_empty_chunks": True}           # a zero chunk is written, never left implicit
 
 
 class StoreError(RuntimeError):
     """A store that cannot be used as asked (exists, mismatched, incomplete, corrupt)."""
 
 
-def _open(url: str, mode: str) -> zarr.Group:
-    return zarr.open_group(store=url, mode=mode, zarr_format=3)
-
-
-def _exists(url: str) -> bool:
-    try:
-        _open(url, "r")
-        return True
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return False
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _array(g: zarr.Group, name: str, data: np.ndarray | None, shape, dtype, chunks, dims,
            attributes: dict | None = None) -> zarr.Array:
     a = g.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=list(dims),
                        compressors=COMPRESSORS, fill_value=0 if dtype != str else "",
-                       attributes=attributes or {})
+                       attributes=attributes or {}, config=WRITE_ALL)
     if data is not None:
         a[...] = data
     return a
@@ -68,24 +72,100 @@ def _chunks(lead: int, dims: tuple[str, ...], n_layers: int, d_ff: int, n_bins: 
     return tuple(c)
 
 
-class ResultsStore:
-    """A results store opened for writing. Use `create` or `resume`."""
+def _open(loc: Location, mode: str) -> zarr.Group:
+    return zarr.open_group(store=loc.zarr_url, mode=mode, zarr_format=3)
 
-    def __init__(self, url: str, group: zarr.Group):
-        self.url = url
+
+# --- before anything is created --------------------------------------------------------------
+
+
+def check_out(out: str, *, resume: bool, overwrite: bool) -> Location:
+    """Refuse an unusable --out before any model or corpus is loaded (checked again under the lock)."""
+    loc = resolve(out)
+    ins = inspect(loc)
+    if _decide(loc, ins, resume=resume, overwrite=overwrite) == "replace":
+        removable(loc)
+    return loc
+
+
+def _decide(loc: Location, ins, *, resume: bool, overwrite: bool) -> str:
+    """What to do at `loc`: "create", "replace" (our store, overwritten or never finished) or "resume"."""
+    if ins.kind is Kind.FOREIGN:
+        raise StoreLocationError(foreign_message(loc, ins))
+    if ins.kind in (Kind.ABSENT, Kind.EMPTY):
+        if resume:
+            raise StoreError(f"--resume: there is no results store at {loc.url} to resume; "
+                             "run without --resume to start one")
+        return "create"
+    if ins.creating:
+        return "replace"  # holds no results: whatever the flags, start it again
+    if resume:
+        return "resume"
+    if overwrite:
+        return "replace"
+    raise StoreError(f"{loc.url} already exists and holds a results store: pass --resume to continue that run, "
+                     "--overwrite to replace it, or choose another --out")
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+class ResultsStore:
+    """A results store opened for writing. Use `open_for_run` (driver) or `open_for_shards` (workers)."""
+
+    def __init__(self, loc: Location, group: zarr.Group):
+        self.loc = loc
+        self.url = loc.url
         self.group = group
         self.partials = group["partials"]
         self.n_shards = int(self.partials["committed"].shape[0])
 
+    def _arr(self, group: zarr.Group, name: str) -> zarr.Array:
+        return group[name].with_config(WRITE_ALL)
+
     # --- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, url: str, *, identity: dict[str, Any], attrs: dict[str, Any], languages: Sequence[str],
-               n_layers: int, d_ff: int, edges: Sequence[float], shards: Sequence[Shard],
-               overwrite: bool = False) -> "ResultsStore":
-        if _exists(url) and not overwrite:
-            raise StoreError(f"{url} already exists: pass --resume to continue that run, "
-                             "--overwrite to replace it, or choose another --out")
-        g = _open(url, "w")
+    def open_for_run(cls, loc: Location, lock: StoreLock, *, resume: bool, overwrite: bool,
+                     identity: dict[str, Any], attrs: dict[str, Any], languages: Sequence[str],
+                     n_layers: int, d_ff: int, edges: Sequence[float], shards: Sequence[Shard]) -> "ResultsStore":
+        """Create, replace or resume the store at `loc`; the caller holds `lock`."""
+        if not lock.held:
+            raise StoreError("internal: open_for_run needs the store's lock held")
+        ins = inspect(loc)
+        action = _decide(loc, ins, resume=resume, overwrite=overwrite)
+        if action == "resume":
+            return cls._resume(loc, identity)
+        if action == "replace":
+            if ins.creating:
+                log.info("%s: replacing a store whose creation never finished", loc.url)
+            n = remove_store(loc)
+            log.info("%s: removed the previous store (%d files)", loc.url, n)
+        try:
+            return cls._create(loc, identity=identity, attrs=attrs, languages=languages, n_layers=n_layers,
+                               d_ff=d_ff, edges=edges, shards=shards)
+        except OSError as e:
+            raise StoreError(f"creating the store at {loc.url} failed ({short(e)}); nothing was profiled. "
+                             "Fix the cause (disk space, permissions) and run the same command again: "
+                             "the unfinished store is replaced") from e
+
+    @classmethod
+    def _create(cls, loc: Location, *, identity: dict[str, Any], attrs: dict[str, Any], languages: Sequence[str],
+                n_layers: int, d_ff: int, edges: Sequence[float], shards: Sequence[Shard]) -> "ResultsStore":
+        root = schema.sealed({
+            **attrs,
+            MARKER: {"schema_version": schema.SCHEMA_VERSION},
+            "identity": identity,
+            "n_layers": n_layers,
+            "d_ff": d_ff,
+            "bin_edges": list(map(float, edges)),
+            "n_shards": len(shards),
+            "complete": False,
+            "state": "creating",
+            "created": _now(),
+            "schema_version": schema.SCHEMA_VERSION,
+        })
+        # The identity goes first: an interrupted creation is recognisable as ours (and replaced).
+        g = zarr.create_group(store=loc.zarr_url, zarr_format=3, attributes=root, overwrite=False)
         n_bins = len(edges) + 1
         lower, upper = schema.bin_bounds(tuple(edges))
         coords = {"layer": np.arange(n_layers), "neuron": np.arange(d_ff), "bin": np.arange(n_bins)}
@@ -102,7 +182,7 @@ class ResultsStore:
         _array(p, "shard_language", np.asarray([s.language for s in shards], dtype=str), (S,), str, (S,), ("shard",))
         _array(p, "shard_start", np.asarray([s.start for s in shards]), (S,), "int64", (S,), ("shard",))
         _array(p, "shard_stop", np.asarray([s.stop for s in shards]), (S,), "int64", (S,), ("shard",))
-        _array(p, "committed", None, (S,), "uint8", (1,), ("shard",))
+        _array(p, "committed", np.zeros(S, np.uint8), (S,), "uint8", (1,), ("shard",))
         for grp, lead, n in ((g, "language", L), (p, "shard", S)):
             for v in ALL_VARS:
                 dims = TRAILING_DIMS[v]
@@ -112,56 +192,99 @@ class ResultsStore:
                     extra = {"coordinates": "shard_language shard_start shard_stop"}
                 _array(grp, v, None, shape, DTYPES[v], _chunks(1, dims, n_layers, d_ff, n_bins),
                        (lead,) + dims, extra)
-        g.attrs.update({
-            **attrs,
-            "identity": identity,
-            "bin_edges": list(map(float, edges)),
-            "n_shards": S,
-            "complete": False,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "schema_version": schema.SCHEMA_VERSION,
-        })
-        return cls(url, g)
+        store = cls(loc, g)
+        store._set_attrs(state="profiling")
+        return store
 
     @classmethod
-    def resume(cls, url: str, *, identity: dict[str, Any]) -> "ResultsStore":
-        """Reopen an interrupted run; refuse a store made by another model or config."""
-        if not _exists(url):
-            raise StoreError(f"--resume: no results store at {url}; run without --resume to start one")
-        g = _open(url, "r+")
-        if "partials" not in g or "identity" not in g.attrs:
-            raise StoreError(f"{url} is not a langneurons results store (no partials/ or identity)")
-        stored = dict(g.attrs["identity"])
+    def _resume(cls, loc: Location, identity: dict[str, Any]) -> "ResultsStore":
+        """Reopen an interrupted run; refuse a store made by another model or config, or edited."""
+        g = _open(loc, "r+")
+        attrs = dict(g.attrs)
+        problem = schema.attrs_problem(attrs)
+        if problem:
+            raise StoreError(f"cannot resume {loc.url}: {problem}")
+        if "partials" not in g:
+            raise StoreError(f"cannot resume {loc.url}: it has no partials/ group; the store is damaged, "
+                             "profile into a new --out")
+        stored = dict(attrs["identity"])
         diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
         if diff:
             lines = "; ".join(f"{k}: store has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in diff)
-            raise StoreError(f"cannot resume {url}: it was made with a different model/config ({lines}). "
+            raise StoreError(f"cannot resume {loc.url}: it was made with a different model/config ({lines}). "
                              "Use the same settings, or --overwrite / another --out to start afresh")
-        return cls(url, g)
+        store = cls(loc, g)
+        for i, why in store.damaged_shards():
+            log.warning("%s: shard %d is committed but damaged (%s): it will be profiled again", loc.url, i, why)
+            store._arr(store.partials, "committed")[i] = 0
+        return store
 
     @classmethod
     def open_for_shards(cls, url: str) -> "ResultsStore":
         """Open an existing store to write shard partials (workers; the driver checked identity)."""
-        if not _exists(url):
-            raise StoreError(f"no results store at {url}: the driver creates it before workers start")
-        return cls(url, _open(url, "r+"))
+        loc = resolve(url)
+        if inspect(loc).kind is not Kind.STORE:
+            raise StoreError(f"no results store at {url}: the driver creates it before workers start "
+                             "(on a cluster, every worker must reach the same path or URL)")
+        return cls(loc, _open(loc, "r+"))
+
+    # --- attributes ------------------------------------------------------------------------
+    def _set_attrs(self, **changes: Any) -> None:
+        bad = set(changes) - set(schema.MUTABLE_ATTRS)
+        if bad:
+            raise StoreError(f"internal: attributes {sorted(bad)} are fixed once the store is created")
+        attrs = dict(self.group.attrs)
+        attrs.update(changes)
+        self.group.attrs.update(schema.sealed(attrs))
 
     # --- per shard (any worker) ------------------------------------------------------------
     def committed(self) -> np.ndarray:
         """Boolean per shard: is its partial fully written?"""
-        return self.partials["committed"][:].astype(bool)
+        try:
+            return read_checked(self.partials["committed"], slice(None)).astype(bool)
+        except ChunkDamaged as e:
+            raise StoreError(f"{self.url}: the commit markers are damaged: {e}; profile into a new --out") from e
 
     def write_shard(self, index: int, stats: Stats) -> None:
         """Write shard `index`'s partial, then its commit marker (the last write)."""
         if not 0 <= index < self.n_shards:
             raise IndexError(f"shard {index} is outside the plan of {self.n_shards} shards")
         for v, arr in stats.arrays().items():
-            self.partials[v][index] = arr
-        self.partials["committed"][index] = 1
+            self._arr(self.partials, v)[index] = arr
+        self._arr(self.partials, "committed")[index] = 1
+
+    def _read_partial(self, index: int) -> Stats:
+        """Shard `index`'s partial; a missing or corrupt chunk is a StoreError naming it."""
+        out = {}
+        for v in ALL_VARS:
+            arr = self.partials[v]
+            try:
+                missing = missing_chunks(self.loc, arr, [index])
+                if missing:
+                    raise ChunkDamaged(missing[0])
+                out[v] = read_checked(arr, index)
+            except ChunkDamaged as e:
+                raise StoreError(f"{self.url}: shard {index}: {e}") from e
+        return Stats(n_tokens=int(out.pop("n_tokens")), **out)
+
+    def shard_problem(self, index: int) -> str | None:
+        """Why committed shard `index`'s partial cannot be used (a chunk missing or corrupt), or None."""
+        try:
+            self._read_partial(index)
+        except StoreError as e:
+            return str(e).split(f"shard {index}: ", 1)[-1]
+        return None
+
+    def damaged_shards(self) -> list[tuple[int, str]]:
+        """(shard, why) for every committed shard whose partial is missing a chunk or fails its checksum."""
+        return [(int(i), why) for i in np.flatnonzero(self.committed()) if (why := self.shard_problem(int(i)))]
 
     def read_shard(self, index: int) -> Stats:
-        return Stats(n_tokens=int(self.partials["n_tokens"][index]),
-                     **{v: self.partials[v][index] for v in NEURON_VARS})
+        try:
+            return self._read_partial(index)
+        except StoreError as e:
+            raise StoreError(f"{e}: the committed shard is damaged. Run the same command with --resume: "
+                             "damaged shards are profiled again") from e
 
     # --- totals (driver) -------------------------------------------------------------------
     def finalize(self) -> None:
@@ -181,10 +304,12 @@ class ResultsStore:
             if total is None:
                 raise StoreError(f"language {lang} has no shards in the plan")
             for v, arr in total.arrays().items():
-                self.group[v][li] = arr
-        self.group.attrs["complete"] = True
-        self.group.attrs["completed"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                self._arr(self.group, v)[li] = arr
+        self._set_attrs(state="complete", complete=True, completed=_now())
         # Consolidated metadata lets `xr.open_zarr(path)` open the finished store in one read.
         with warnings.catch_warnings():  # "not yet part of the v3 spec": zarr-python and xarray read it
             warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(self.url, zarr_format=3)
+            zarr.consolidate_metadata(self.loc.zarr_url, zarr_format=3)
+
+
+__all__ = ["ResultsStore", "StoreError", "StoreLocationError", "check_out"]

@@ -68,6 +68,8 @@ class HFBackend:
             d_ff=sites.ffn_width(self.model, arch),
             dtype=str(dtype).removeprefix("torch."),
         )
+        self.max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(self.model.config),
+                                                    "hf", quiet=True)
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, cfg.bin_edges,
                                      cfg.threshold, self.device)
         self.kernel = resolve(cfg.kernel, self.device)
@@ -88,7 +90,7 @@ class HFBackend:
     @torch.inference_mode()
     def profile(self, sentences: Sequence[str]) -> Stats:
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
-                            max_length=self.cfg.max_length)
+                            max_length=self.max_length)
         self.acc.zero_()
         installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))

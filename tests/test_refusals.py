@@ -1,0 +1,292 @@
+"""The bad-input matrix: every case exits 2 with one line that names the flag, file or array and
+says what to do, prints no traceback, creates no store, and leaves every pre-existing file as it
+was (the whole tree is hashed before and after each case).
+
+The world every case runs in: a tiny model, a corpus, a "home" folder with an .ssh key, a finished
+results store, a Zarr store made by someone else, and broken inputs. Cases that would destroy
+data if the tool were wrong run against the real files, not against mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from fixtures import SENTENCES, make_tiny_model
+
+from langneurons.cli import main
+
+NEW = "new.zarr"  # a fresh --out in the world's root: must never exist after a refusal
+
+
+@dataclass
+class World:
+    root: Path
+
+    def __getattr__(self, name: str) -> str:
+        return str(self.root / name.replace("__", "."))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    import zarr
+
+    root = tmp_path_factory.mktemp("world")
+    w = World(root)
+    make_tiny_model("llama", root / "model")
+    make_tiny_model("gpt2", root / "gpt2")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for lang, sents in SENTENCES.items():
+        (corpus / f"{lang}.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+    home = root / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / "notes.txt").write_text("my thesis notes\n")
+    (root / "file.txt").write_text("a file\n")
+    os.symlink(home, root / "link_to_home")
+    os.symlink(root / "nowhere", root / "broken_link")
+    zarr.open_group(str(root / "other.zarr"), mode="w", zarr_format=3).attrs["made_by"] = "someone else"
+    # a finished langneurons store, and copies holding things langneurons did not write
+    assert main(["profile", "--model", w.model, "--corpus", w.corpus, "--out", str(root / "store.zarr"),
+                 "--shard-size", "2", "--batch-tokens", "64", "--no-progress"]) == 0
+    shutil.copytree(root / "store.zarr", root / "store_extra.zarr")
+    (root / "store_extra.zarr" / "notes.txt").write_text("mine\n")
+    shutil.copytree(root / "store.zarr", root / "store_link.zarr")
+    os.symlink(home, root / "store_link.zarr" / "n_fired" / "c" / "home")
+    shutil.copytree(root / "store.zarr", root / "store_dir.zarr")
+    (root / "store_dir.zarr" / "partials" / "my_analysis").mkdir()
+    # broken models
+    shutil.copytree(root / "model", root / "no_tokenizer")
+    for f in (root / "no_tokenizer").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
+    (root / "no_weights").mkdir()
+    shutil.copy(root / "model" / "config.json", root / "no_weights" / "config.json")
+    shutil.copytree(root / "model", root / "unsupported")
+    cfg = json.loads((root / "model" / "config.json").read_text())
+    cfg.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=2)
+    (root / "unsupported" / "config.json").write_text(json.dumps(cfg))
+    # broken corpora
+    for name, files in {
+        "cr": {"en.txt": b"one\rtwo\rthree\r", "fr.txt": b"un\rdeux\rtrois\r"},
+        "empty_line": {"en.txt": b"one\n\nthree\n", "fr.txt": b"un\ndeux\ntrois\n"},
+        "misaligned": {"en.txt": b"one\ntwo\n", "fr.txt": b"un\n"},
+        "latin1": {"en.txt": b"caf\xe9\n", "fr.txt": b"caf\xe9\n"},
+    }.items():
+        (root / name).mkdir()
+        for f, data in files.items():
+            (root / name / f).write_bytes(data)
+    (root / "slash.tsv").write_text("en\t../fr\nhello\tbonjour\n", encoding="utf-8")
+    (root / "slash.jsonl").write_text('{"en": "hi", "fr/x": "salut"}\n', encoding="utf-8")
+    (root / "unknown.yaml").write_text("modle: x\n")
+    (root / "nan.yaml").write_text("threshold: .nan\n")
+    (root / "stringint.json").write_text('{"shard_size": "5"}')
+    return w
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file, folder and link under root: content hash, mode, link target."""
+    out = {}
+    for d, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            p = Path(d) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = f"dir:{oct(p.stat().st_mode)}"
+            else:
+                out[rel] = f"{oct(p.stat().st_mode)}:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: Callable[[World], list[str]]
+    says: tuple[str, ...]                      # the error line names these (flag, file, fix)
+    command: str = "profile"
+    cwd: str | None = None                     # world attribute to chdir into
+    env: dict = field(default_factory=dict)
+
+
+def P(*extra: str | Callable[[World], str], out: str | None = NEW, model: str | None = "model",
+      corpus: str | None = "corpus") -> Callable[[World], list[str]]:
+    """profile args: the world's model and corpus, a fresh --out, plus `extra` (callables get the world)."""
+    def build(w: World) -> list[str]:
+        args = []
+        if model:
+            args += ["--model", getattr(w, model)]
+        if corpus:
+            args += ["--corpus", getattr(w, corpus)]
+        if out is not None:
+            args += ["--out", out if "://" in out or out in (".", "") else getattr(w, out.replace(".", "__"))]
+        return args + [e(w) if callable(e) else e for e in extra] + ["--no-progress"]
+    return build
+
+
+CASES = [
+    # --- --out: never write into or delete what langneurons did not create ------------------
+    Case("out-cwd", P(out="."), ("--out .", "is a folder of other files", "choose a new path"), cwd="home"),
+    Case("out-corpus-folder", P(out="corpus"), ("corpus", "never writes into or deletes")),
+    Case("out-model-folder", P(out="model"), ("model", "never writes into or deletes")),
+    Case("out-file-url", P(lambda w: "--out", lambda w: "file://" + w.home, out=None), ("file://", "choose a new path")),
+    Case("out-is-a-file", P(out="file.txt"), ("file.txt", "is a file")),
+    Case("overwrite-foreign-folder", P("--overwrite", out="home"), ("home", "never writes into or deletes")),
+    Case("overwrite-cwd", P("--overwrite", out="."), ("--out .", "never writes into"), cwd="home"),
+    Case("overwrite-foreign-zarr", P("--overwrite", out="other.zarr"), ("other.zarr", "Zarr store that langneurons did not make")),
+    Case("overwrite-store-with-user-file", P("--overwrite", out="store_extra.zarr"), ("--overwrite", "notes.txt", "nothing was deleted")),
+    Case("overwrite-store-with-symlink", P("--overwrite", out="store_link.zarr"), ("n_fired/c/home", "nothing was deleted")),
+    Case("overwrite-store-with-user-folder", P("--overwrite", out="store_dir.zarr"), ("partials/my_analysis/", "nothing was deleted")),
+    Case("overwrite-symlink-to-home", P("--overwrite", out="link_to_home"), ("link_to_home", "never writes into")),
+    Case("out-broken-symlink", P(out="broken_link"), ("broken_link", "broken symbolic link")),
+    Case("resume-nothing-there", P("--resume"), ("--resume", "no results store", "without --resume")),
+    Case("resume-foreign-folder", P("--resume", out="home"), ("home", "never writes into")),
+    Case("store-exists-no-flag", P(out="store.zarr"), ("store.zarr", "already exists", "--resume", "--overwrite")),
+    Case("resume-other-threshold", P("--resume", "--threshold", "0.5", "--shard-size", "2", "--batch-tokens", "64",
+                                     out="store.zarr"), ("cannot resume", "threshold")),
+    Case("out-empty", P(out=""), ("--out is empty",)),
+    # --- config fields, each checked before anything runs --------------------------------------
+    Case("threshold-nan", P("--threshold", "nan"), ("--threshold nan", "finite")),
+    Case("threshold-inf", P("--threshold", "inf"), ("--threshold inf", "finite")),
+    Case("threshold-minus-inf", P("--threshold=-inf"), ("--threshold -inf", "finite")),
+    Case("threshold-not-a-number", P("--threshold", "abc"), ("--threshold", "invalid float value")),
+    Case("site", P("--site", "attn"), ("--site 'attn'", "gate, down_in")),
+    Case("backend", P("--backend", "foo"), ("--backend 'foo'", "hf, vllm")),
+    Case("kernel", P("--kernel", "foo"), ("--kernel 'foo'", "reference")),
+    Case("device", P("--device", "tpu"), ("--device 'tpu'", "cuda:N")),
+    Case("dtype", P("--dtype", "float8"), ("--dtype 'float8'", "bfloat16")),
+    Case("corpus-format", P("--corpus-format", "xml"), ("--corpus-format 'xml'", "tmx")),
+    Case("threads-per-worker", P("--threads-per-worker", "0"), ("--threads-per-worker must be >= 1",)),
+    Case("batch-tokens", P("--batch-tokens", "0"), ("--batch-tokens must be >= 1",)),
+    Case("max-length-zero", P("--max-length", "0"), ("--max-length must be >= 1",)),
+    Case("shard-size", P("--shard-size", "0"), ("--shard-size must be >= 1",)),
+    Case("max-sentences", P("--max-sentences", "0"), ("--max-sentences must be >= 1",)),
+    Case("workers", P("--workers", "-1"), ("--workers must be >= 0",)),
+    Case("max-retries", P("--max-retries", "-1"), ("--max-retries must be >= 0",)),
+    Case("bin-edges-order", P("--bin-edges", "1,0"), ("--bin-edges", "strictly increasing")),
+    Case("bin-edges-nan", P("--bin-edges", "0,nan"), ("--bin-edges", "non-finite")),
+    Case("gpu-memory", P("--vllm-gpu-memory-utilization", "1.5"), ("--vllm-gpu-memory-utilization", "(0, 1]")),
+    Case("tensor-parallel", P("--vllm-tensor-parallel", "0"), ("--vllm-tensor-parallel must be >= 1",)),
+    Case("resume-and-overwrite", P("--resume", "--overwrite"), ("--resume and --overwrite",)),
+    Case("languages-twice", P("--languages", "en,en"), ("--languages", "twice")),
+    Case("language-code-path", P("--languages", "en,../fr"), ("--languages", "'../fr'", "ASCII letters")),
+    Case("config-unknown-field", P(lambda w: "--config", lambda w: str(w.root / "unknown.yaml")), ("unknown fields", "modle")),
+    Case("config-nan-threshold", P(lambda w: "--config", lambda w: str(w.root / "nan.yaml")), ("--threshold nan", "finite")),
+    Case("config-string-for-int", P(lambda w: "--config", lambda w: str(w.root / "stringint.json")), ("--shard-size must be int", "'5'")),
+    Case("config-missing", P(lambda w: "--config", lambda w: str(w.root / "missing.yaml")), ("missing.yaml", "does not exist")),
+    # --- the model, checked before the store is created ----------------------------------------
+    Case("max-length-beyond-positions", P("--max-length", "1000"), ("--max-length 1000", "position limit of 128", "--max-length 128")),
+    Case("vllm-not-installed", P("--backend", "vllm"), ("--backend vllm needs vLLM",)),
+    Case("kernel-triton-on-cpu", P("--kernel", "triton"), ("triton",), env={"TRITON_INTERPRET": None}),
+    Case("device-cuda-missing", P("--device", "cuda"), ("--device cuda", "no CUDA")),
+    Case("fused-mlp-gpt2", P("--fused-mlp", model="gpt2"), ("--fused-mlp", "gpt2")),
+    Case("fused-mlp-vllm", P("--fused-mlp", "--backend", "vllm"), ("--fused-mlp", "--backend hf")),
+    Case("model-missing", P(lambda w: "--model", lambda w: str(w.root / "nope"), model=None), ("nope", "no such folder")),
+    Case("model-hub-offline", P(lambda w: "--model", lambda w: "someorg/somemodel", model=None), ("someorg/somemodel", "HF_HUB_OFFLINE")),
+    Case("model-is-a-file", P(model="file.txt"), ("file.txt", "is a file")),
+    Case("model-no-tokenizer", P(model="no_tokenizer"), ("no_tokenizer", "tokenizer")),
+    Case("model-no-weights", P(model="no_weights"), ("no_weights", "no weight files")),
+    Case("model-unsupported", P(model="unsupported"), ("'mixtral' is not supported", "supported:")),
+    # --- the corpus -----------------------------------------------------------------------------
+    Case("corpus-bare-cr", P(corpus="cr"), ("en.txt:1", "carriage return", "tr")),
+    Case("corpus-empty-line", P(corpus="empty_line"), ("en.txt:2", "empty line")),
+    Case("corpus-misaligned", P(corpus="misaligned"), ("fr.txt has 1 lines", "aligned")),
+    Case("corpus-not-utf8", P(corpus="latin1"), ("invalid UTF-8", "iconv")),
+    Case("corpus-missing", P(lambda w: "--corpus", lambda w: str(w.root / "nope_corpus"), corpus=None), ("nope_corpus", "no such file")),
+    Case("corpus-tsv-code-path", P(corpus="slash.tsv"), ("slash.tsv:1", "'../fr'", "ASCII letters")),
+    Case("corpus-jsonl-code-path", P(corpus="slash.jsonl"), ("slash.jsonl:1", "'fr/x'")),
+    # --- other commands -------------------------------------------------------------------------
+    Case("score-foreign", lambda w: [w.home], ("home", "not a langneurons results store"), command="score"),
+    Case("score-missing", lambda w: [str(w.root / "nothing.zarr")], ("nothing.zarr", "does not exist"), command="score"),
+    Case("info-foreign", lambda w: [w.corpus], ("corpus", "not a langneurons results store"), command="info"),
+    Case("verify-foreign", lambda w: [w.corpus, "--verify"], ("corpus", "not a langneurons results store"), command="info"),
+    Case("ablate-model-moved", lambda w: [w.store__zarr, "--model", str(w.root / "gone")], ("gone", "no such"), command="ablate"),
+    Case("ablate-other-model", lambda w: [w.store__zarr, "--model", w.gpt2], ("gpt2", "not the one profiled", "--allow-model-mismatch"), command="ablate"),
+    Case("score-report-into-foreign-folder", lambda w: [w.store__zarr, "--plot", "--out", w.home],
+         ("--out", "home", "folder of other files", "choose another --out"), command="score"),
+    Case("score-report-onto-a-file", lambda w: [w.store__zarr, "--export", "--out", w.file__txt],
+         ("file.txt", "is a file"), command="score"),
+    Case("ablate-out-overwrites-a-file", lambda w: [w.store__zarr, "--out", w.file__txt],
+         ("--out", "file.txt", "choose a new file name"), command="ablate"),
+    Case("ablate-foreign", lambda w: [w.home], ("home", "not a langneurons results store"), command="ablate"),
+]
+
+
+def test_matrix_has_at_least_40_cases():
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_refused(case: Case, world: World, capsys, monkeypatch):
+    for k, v in case.env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+    if case.cwd:
+        monkeypatch.chdir(getattr(world, case.cwd))
+    args = case.args(world)
+    before = tree_digest(world.root)
+    capsys.readouterr()
+    try:
+        rc = main([case.command, *args])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2, (case.id, rc, err)
+    assert len(lines) == 1, (case.id, err)
+    assert "error:" in lines[0] and "Traceback" not in err, (case.id, err)
+    for s in case.says:
+        assert s in lines[0], (case.id, s, lines[0])
+    assert not (world.root / NEW).exists(), f"{case.id}: a store was created"
+    assert tree_digest(world.root) == before, f"{case.id}: a pre-existing file changed"
+    if os.environ.get("SHOW_ERRORS"):
+        print(f"\n{case.id}: {lines[0]}", file=sys.__stdout__)
+
+
+def test_memory_url_foreign_prefix_is_refused_and_untouched(world, capsys):
+    """fsspec URLs follow the same rules: a prefix of other objects is never written or emptied."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/someone/data/table.csv", b"a,b\n1,2\n")
+    for extra in ([], ["--overwrite"]):
+        rc = main(["profile", "--model", world.model, "--corpus", world.corpus, "--out", "memory://someone/data",
+                   "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and "never writes into or deletes" in err, err
+        assert fs.find("/someone") == ["/someone/data/table.csv"]
+        assert fs.cat("/someone/data/table.csv") == b"a,b\n1,2\n"
+
+
+def test_memory_url_store_is_created_and_overwritten(world, capsys):
+    """...and a store langneurons made there may be resumed and overwritten like a local one."""
+    import xarray as xr
+
+    url = "memory://results/run.zarr"
+    args = ["profile", "--model", world.model, "--corpus", world.corpus, "--out", url, "--shard-size", "4",
+            "--batch-tokens", "64", "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    ds = xr.open_zarr(url)
+    assert ds.attrs["complete"] is True and ds.sizes["language"] == 3
+
+
+def test_score_writes_a_report_again_into_its_own_folder(world, tmp_path, capsys):
+    """An earlier report may be rewritten (it carries its marker); nothing else is written there."""
+    out = tmp_path / "report"
+    for _ in range(2):
+        assert main(["score", world.store__zarr, "--export", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == {"langneurons-report.json", "neurons.csv", "neurons.parquet",
+                                               "masks.pt", "masks.npz"}
