@@ -117,11 +117,11 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     actor_cls = ray.remote(WorkerActor).options(num_cpus=1)
     for _ in range(repeats):
         t0 = time.perf_counter()
-        w = Worker(cfg, corpus, out)
+        w = Worker(cfg, out)
         res["inproc"].append(time.perf_counter() - t0)
         w.close()
         t0 = time.perf_counter()
-        a = actor_cls.remote(cfg, corpus, out)
+        a = actor_cls.remote(cfg, out)
         ray.get(a.ready.remote())
         res["ray_actor"].append(time.perf_counter() - t0)
         ray.kill(a)

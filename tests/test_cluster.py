@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -263,3 +265,18 @@ def test_killed_driver_leaves_no_ray_processes(model, corpus, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_local_run_prints_no_ray_warning(model, corpus, tmp_path):
+    """What `make run` does (--workers 2, a local instance) prints no warning a user cannot act on:
+    not Ray's token-authentication notice, not its constructor-arguments-in-the-object-store error."""
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    r = subprocess.run([sys.executable, "-m", "langneurons.cli", "profile", "--model", model, "--corpus", corpus,
+                        "--out", str(tmp_path / "r.zarr"), "--shard-size", str(SHARD_SIZE), "--batch-tokens", "64",
+                        "--workers", "2", "--threads-per-worker", "1", "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    noise = [ln for ln in r.stderr.splitlines() if "WARNING" in ln or re.search(r"\.cc:\d+", ln)]
+    assert not noise, noise

@@ -91,11 +91,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(model, corpus, tmp_path, 
     real = Worker.run_shard
     calls = {"n": 0}
 
-    def dies_after_four(self, shard):
+    def dies_after_four(self, *shard_and_sentences):
         if calls["n"] == 4:
             raise KeyboardInterrupt  # the user pressed ^C mid-run
         calls["n"] += 1
-        return real(self, shard)
+        return real(self, *shard_and_sentences)
 
     monkeypatch.setattr(Worker, "run_shard", dies_after_four)
     with pytest.raises(KeyboardInterrupt):

@@ -243,12 +243,12 @@ def _run_in_process(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard
 
     if not todo:
         return 0
-    worker = Worker(cfg, corpus, cfg.out)
+    worker = Worker(cfg, cfg.out)
     n_tokens = 0
     try:
         with ShardProgress(todo, enabled=progress) as bar:
             for shard in todo:
-                r = worker.run_shard(shard)
+                r = worker.run_shard(shard, corpus.sentences[shard.language][shard.start:shard.stop])
                 n_tokens += r.n_tokens
                 bar.update(shard, r.n_tokens)
     finally:

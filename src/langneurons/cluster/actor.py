@@ -7,10 +7,11 @@ and restart policy of a run, so importing this module needs no Ray.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from langneurons.cluster.worker import ShardResult, Worker
 from langneurons.config import ProfileConfig
-from langneurons.corpus import ParallelCorpus, Shard
+from langneurons.corpus import Shard
 
 
 def cpu_cores() -> int:
@@ -27,9 +28,11 @@ def worker_threads(cfg: ProfileConfig, cores: int) -> int:
 
 
 class WorkerActor:
-    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, store_url: str):
+    def __init__(self, cfg: ProfileConfig, store_url: str):
+        # Constructor arguments are small and inline (no object-store refs): a restarted actor gets
+        # them again from Ray's actor table, and nothing it needs can go out of scope.
         self.threads = worker_threads(cfg, cpu_cores())
-        self.worker = Worker(cfg, corpus, store_url, threads=self.threads)  # threads set before loading
+        self.worker = Worker(cfg, store_url, threads=self.threads)  # threads set before loading
 
     def ready(self) -> dict:
         """Answers once the model is loaded; says where and how this worker runs (on Ray)."""
@@ -43,8 +46,8 @@ class WorkerActor:
                 "pid": os.getpid(), "threads": torch.get_num_threads(),
                 "device": str(getattr(self.worker.backend, "device", self.worker.cfg.device))}
 
-    def run_shard(self, shard: Shard) -> ShardResult:
-        return self.worker.run_shard(shard)
+    def run_shard(self, shard: Shard, sentences: Sequence[str]) -> ShardResult:
+        return self.worker.run_shard(shard, sentences)
 
     def close(self) -> None:
         self.worker.close()

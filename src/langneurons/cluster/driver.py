@@ -13,8 +13,9 @@ process (`cluster.reaper`) stops the instance's processes if the driver is kille
 
 Workers. `cfg.workers` actors (`cluster.actor.WorkerActor`), each loading the model once: one GPU
 each when the cluster has GPUs (or `device` names cuda), else `threads_per_worker` CPUs each
-(default: the node's cores / workers), spread over the nodes. The corpus is put in the object
-store once and handed to every actor. `LANGNEURONS_*`, `HF_HUB_OFFLINE` and `TRANSFORMERS_OFFLINE`
+(default: the node's cores / workers), spread over the nodes. An actor is constructed from the
+config and the store's URL only (small, inline: a restart cannot lose them); each shard's
+sentences travel with its task. `LANGNEURONS_*`, `HF_HUB_OFFLINE` and `TRANSFORMERS_OFFLINE`
 are forwarded to the workers' environment.
 
 Scheduling. Each ready actor holds at most IN_FLIGHT (2) shards, one running and one queued
@@ -106,6 +107,7 @@ def run_on_ray(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *,
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds its node to 127.0.0.1
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def connect(cfg: ProfileConfig) -> tuple[bool, Reaper | None]:
@@ -124,7 +126,7 @@ def connect(cfg: ProfileConfig) -> tuple[bool, Reaper | None]:
     n_cpus = max(cpu_cores(), cfg.workers * (cfg.threads_per_worker or 1))
     reaper = Reaper.start()
     try:
-        with _loopback_only():
+        with _loopback_only(), _quiet_token_notice():
             ray.init(address="local", num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
         ip = ray.util.get_node_ip_address()
         if ip != "127.0.0.1":
@@ -139,6 +141,21 @@ def connect(cfg: ProfileConfig) -> tuple[bool, Reaper | None]:
             reaper.close()
         raise
     return True, reaper
+
+
+@contextlib.contextmanager
+def _quiet_token_notice():
+    """Ray turns token authentication on for every new local instance (other local users could
+    reach even a loopback port) and logs a warning that it did, suggesting to turn it off. It stays
+    on; the notice, which asks nothing of a langneurons user, is not printed. (Setting RAY_AUTH_MODE
+    ourselves would not do: Ray reads it once, when `ray` is imported.)"""
+    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager
@@ -224,13 +241,11 @@ class _Scheduler:
         self.pings: dict[Any, _Slot] = {}
         gpu = use_gpus(cfg)
         actor_cfg = dataclasses.replace(cfg, device="cuda") if gpu else cfg  # Ray maps its GPU to cuda:0
-        # Shipped once. Ray logs that restarted actors need this constructor argument from the object
-        # store: the driver holds the ref for the whole run, so they find it.
-        self.corpus_ref = ray.put(corpus)
+        self.corpus = corpus
         opts = actor_options(cfg, gpu)
         _warn_if_short(cfg.workers, opts)
         cls = ray.remote(WorkerActor).options(**opts)
-        self.slots = [_Slot(f"w{i}", cls.remote(actor_cfg, self.corpus_ref, cfg.out))
+        self.slots = [_Slot(f"w{i}", cls.remote(actor_cfg, cfg.out))
                       for i in range(cfg.workers)]
         log.info("%d Ray workers (%s) for %d shards", cfg.workers,
                  "1 GPU each" if gpu else f"{cfg.threads_per_worker or 'cores/workers'} CPU threads each",
@@ -298,7 +313,8 @@ class _Scheduler:
             if s.inflight >= IN_FLIGHT:
                 return
             shard = self.queue.popleft()
-            self.tasks[s.handle.run_shard.remote(shard)] = (shard, s, s.life)
+            sentences = self.corpus.sentences[shard.language][shard.start:shard.stop]
+            self.tasks[s.handle.run_shard.remote(shard, sentences)] = (shard, s, s.life)
             s.inflight += 1
 
     def _timeout(self) -> float:
@@ -377,9 +393,12 @@ class _Scheduler:
     def _log_waiting(self) -> None:
         waiting = [s.name for s in self.slots if s.state == "starting"]
         busy = sum(s.inflight for s in self.slots)
+        if not waiting:  # every worker is busy with long shards: nothing to act on
+            log.debug("%d of %d shards done, %d running", len(self.tokens), len(self.todo), busy)
+            return
         log.warning("%d of %d shards done, %d running; workers not ready: %s (loading the model, "
                     "restarting, or waiting for resources: check `ray status` and the worker logs)",
-                    len(self.tokens), len(self.todo), busy, ", ".join(waiting) or "none")
+                    len(self.tokens), len(self.todo), busy, ", ".join(waiting))
 
 
 def _warn_if_short(workers: int, opts: dict[str, Any]) -> None:

@@ -22,9 +22,10 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from langneurons.config import ProfileConfig
-from langneurons.corpus import ParallelCorpus, Shard
+from langneurons.corpus import Shard
 from langneurons.profiler.backends import make_backend
 from langneurons.store.schema import Stats
 from langneurons.store.writer import ResultsStore, StoreError
@@ -42,14 +43,12 @@ class ShardResult:
 
 
 class Worker:
-    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, store_url: str, *,
-                 threads: int | None = None):
+    def __init__(self, cfg: ProfileConfig, store_url: str, *, threads: int | None = None):
         """`threads` (default cfg.threads_per_worker; None leaves torch's setting) CPU threads are
         set before the model loads and restored by close()."""
         import torch
 
         self.cfg = cfg
-        self.corpus = corpus
         self.faults = _Faults.from_env()
         self._threads_before = None
         threads = threads or cfg.threads_per_worker
@@ -63,10 +62,13 @@ class Worker:
             self._restore_threads()
             raise
 
-    def run_shard(self, shard: Shard) -> ShardResult:
-        """Profile one shard and commit its partial (data first, marker last)."""
+    def run_shard(self, shard: Shard, sentences: Sequence[str]) -> ShardResult:
+        """Profile one shard (its sentences, rows shard.start..stop of shard.language) and commit
+        its partial (data first, marker last)."""
+        if len(sentences) != shard.stop - shard.start:
+            raise ValueError(f"shard {shard.id} has {shard.stop - shard.start} rows but {len(sentences)} "
+                             "sentences were sent")
         t0 = time.perf_counter()
-        sentences = self.corpus.sentences[shard.language][shard.start:shard.stop]
         stats = self.backend.profile(sentences)
         if self.faults is not None:
             self.faults.before_commit(shard, self.store, stats)
