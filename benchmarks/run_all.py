@@ -18,7 +18,8 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 RUNS = [  # (script, args): together under 20 minutes on a 2-core CPU
-    ("bench_overhead.py", ["--repeats", "5"]),
+    ("bench_overhead.py", ["--repeats", "9"]),
+    ("bench_cpu_kernel.py", []),  # the CPU kernel candidates on one block
     ("bench_store.py", ["--languages", "8"]),
     ("bench_cluster.py", []),
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
@@ -39,16 +40,46 @@ def table() -> str:
     if o:
         s = o["setup"]
         out += [f"### Profiling overhead ({s['model']}; {s['counted_tokens']:,} tokens, "
-                f"{s['repeats']} interleaved repeats; {o['machine']['cpu']}, {o['machine']['cores']} cores)", "",
-                "| variant | median s | min-max s | tokens/s | overhead vs plain |", "|---|---|---|---|---|"]
+                f"{s['repeats']} interleaved rounds, kernel {s.get('kernel', '?')}, "
+                f"{s.get('torch_threads', '?')} torch threads; {o['machine']['cpu']}, {o['machine']['cores']} cores)", "",
+                "| variant | median s | min-max s | tokens/s | overhead vs plain (median of rounds) | range |",
+                "|---|---|---|---|---|---|"]
         for k, r in o["variants"].items():
+            rng = (f"{r['overhead_pct_min']:+.1f}..{r['overhead_pct_max']:+.1f}%" if "overhead_pct_min" in r else "")
             out.append(f"| {k} | {r['seconds_median']:.2f} | {r['seconds_min']:.2f}-{r['seconds_max']:.2f} | "
-                       f"{r['tokens_per_s']:.0f} | {r['overhead_pct']:+.1f}% |")
+                       f"{r['tokens_per_s']:.0f} | {r['overhead_pct']:+.1f}% | {rng} |")
+        if o.get("breakdown"):
+            out += ["", "langneurons' cost by component (% of plain): " + ", ".join(
+                f"{k.replace('_', ' ')} {v['pct_of_plain']:+.1f}%" for k, v in o["breakdown"].items())]
+        for k, v in o.get("inside_the_forward", {}).items():
+            out += ["", f"Inside the same forward passes, {k}: time in the hooks {v['overhead_pct']:.2f}% of the "
+                    f"time outside them (kernel {v['kernel_pct']:.2f}%, fold into the accumulators "
+                    f"{v['fold_pct']:.2f}%, rest of the hook {v['rest_of_hook_pct']:.2f}%)."]
         out += ["", "| target | measured | met |", "|---|---|---|"]
         for k, t in o["targets"].items():
             v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
             out.append(f"| {k} | {v} | {'yes' if t['met'] else '**no**'} |")
         out.append("")
+    ck = load("cpu_kernel.json")
+    if ck:
+        b = ck["block"]
+        out += [f"### CPU reduction kernel candidates (one block: {b['tokens']} tokens x {b['d_ff']} neurons, "
+                f"{b['dtype']}, {b['languages']} languages, {b['edges']} edges; {ck['rounds']} interleaved rounds)", "",
+                "| candidate | 1 thread ms | 2 threads ms | GB/s (2 threads) | first call s |", "|---|---|---|---|---|"]
+        first = ck["first_call"]
+        for k, r in ck["candidates"].items():
+            fc = first.get("numba_cold_cache_s") if k == "numba" else first.get(f"{k}_first_call_s")
+            if k == "cpp" and "cpp_build_s" in first:
+                fc = first["cpp_build_s"] + first.get("cpp_first_call_s", 0)
+            out.append(f"| {k} | {r['1t']['ms_median']:.2f} | {r['2t']['ms_median']:.2f} | "
+                       f"{r['2t']['gb_per_s']:.1f} | {'' if fc is None else f'{fc:.1f}'} |")
+        for k, why in ck.get("not_run", {}).items():
+            out.append(f"| {k} | not run: {why} | | | |")
+        out += ["", "First call: numba's compile with a cold on-disk cache "
+                f"({first.get('numba_cold_cache_s', float('nan')):.1f} s; "
+                f"{first.get('numba_warm_cache_s', float('nan')):.1f} s warm), Inductor's compile with an empty cache, "
+                "g++ plus the first run. Inside a forward pass the kernels share the cores with torch's "
+                "OpenMP threads, which keep spinning for a while after each matmul. Every candidate was checked against the reference on the block first (integers equal).", ""]
     c = load("cluster.json")
     if c:
         out += ["### Ray overhead and scaling (demo model, CPU)", "",
@@ -84,6 +115,10 @@ def table() -> str:
         out += [f"| {k} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.0f} |" for k, r in bk["backends"].items()]
         out += ["", f"n_tokens equal: {bk['n_tokens_equal']}; n_fired agreement {bk['n_fired_agreement']:.4f} "
                 f"(max |diff| {bk['n_fired_max_abs_diff']}; float-order differences between the engines).", ""]
+        if bk.get("vllm_overhead_vs_plain"):
+            ov = bk["vllm_overhead_vs_plain"]
+            out += [f"vLLM profiling overhead vs the same engine without hooks (median of rounds): "
+                    f"{ov['pct_median']:+.1f}% (range {ov['pct_min']:+.1f}..{ov['pct_max']:+.1f}%), kernel {ov['kernel']}.", ""]
     kernels = sorted(glob.glob(str(RESULTS / "kernels_*.json")))
     if kernels:
         for path in kernels:

@@ -22,7 +22,7 @@ from langneurons.store.schema import DEFAULT_EDGES, validate_edges
 BACKENDS = ("hf", "vllm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SITES = ("gate", "down_in")
-KERNELS = ("auto", "reference", "triton")
+KERNELS = ("auto", "reference", "triton", "numba")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEFAULT_MAX_LENGTH = 512
 
@@ -61,7 +61,7 @@ class ProfileConfig:
     device: str = "auto"
     """Torch device for the hf backend: auto (cuda if available), cpu, cuda, cuda:1, ..."""
     kernel: str = "auto"
-    """Reduction kernel: auto (Triton on CUDA, torch reference elsewhere), reference or triton."""
+    """Reduction kernel: auto (Triton on CUDA, numba on the CPU), reference (the plain-torch spec), triton or numba."""
     fused_mlp: bool = False
     """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same numbers; pays off on GPUs."""
     batch_tokens: int = 8192

@@ -159,7 +159,8 @@ def accumulate_(acc: Accumulator, layer: int, x: torch.Tensor, token_lang: torch
 
 
 def silu_mul_accumulate_(acc: Accumulator, layer: int, gate: torch.Tensor, up: torch.Tensor,
-                         token_lang: torch.Tensor, site: str, act=torch.nn.functional.silu) -> torch.Tensor:
+                         token_lang: torch.Tensor, site: str, act=torch.nn.functional.silu,
+                         accumulate=None) -> torch.Tensor:
     """The fused gated-MLP kernel's spec: return the model's own ``act(gate) * up`` and add the
     statistics of ``site`` (``gate``: act(gate); ``down_in``: the product) to ``acc``.
 
@@ -169,7 +170,7 @@ def silu_mul_accumulate_(acc: Accumulator, layer: int, gate: torch.Tensor, up: t
     h = act(gate)
     y = h * up
     x = h if site == "gate" else y
-    accumulate_(acc, layer, x.reshape(-1, x.shape[-1]), token_lang)
+    (accumulate or accumulate_)(acc, layer, x.reshape(-1, x.shape[-1]), token_lang)
     return y
 
 def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> dict[str, np.ndarray]:

@@ -113,13 +113,16 @@ class VLLMBackend:
                                "corrupt the counts. Refusing to profile")
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
         self._pattern: tuple[int, int] | None = None
-        ranks = self._apply(functools.partial(
+        self.install = functools.partial(  # kept: uninstall + install gives a hook-free engine back
             vllm_worker.install, model_type=self.model_type, site=cfg.site, threshold=cfg.threshold,
-            edges=list(cfg.bin_edges), n_prefix=0, n_suffix=0, kernel=cfg.kernel))
+            edges=list(cfg.bin_edges), n_prefix=0, n_suffix=0, kernel=cfg.kernel)
+        ranks = self._apply(self.install)
         n_layers = ranks[0][0]
+        self.kernel = ranks[0][2]  # every rank runs on the same kind of device
+        log.info("vLLM workers reduce with the %s kernel", self.kernel)
         self.info = ModelInfo(model=cfg.model, fingerprint=model_fingerprint(cfg.model, cfg.revision),
                               architecture=self.model_type, n_layers=n_layers,
-                              d_ff=sum(d for _, d in ranks), dtype=dtype)
+                              d_ff=sum(d for _, d, _ in ranks), dtype=dtype)
 
     def _apply(self, fn):
         with insecure_serialization():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from langneurons.kernels.dispatch import get_accumulate
+from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
 
 #: vLLM model class -> (blocks path, MLP attribute, gated up projection, down projection)
@@ -61,8 +61,9 @@ def _token_lang(positions: torch.Tensor, n_prefix: int, n_suffix: int) -> torch.
 
 
 def install(model: nn.Module, model_type: str, site: str, threshold: float, edges: list[float],
-            n_prefix: int, n_suffix: int, kernel: str) -> tuple[int, int]:
-    """Install the hooks in this worker; returns (n_layers, local d_ff of this rank)."""
+            n_prefix: int, n_suffix: int, kernel: str) -> tuple[int, int, str]:
+    """Install the hooks in this worker; returns (n_layers, local d_ff of this rank, the kernel
+    that reduces here: what --kernel auto became on this worker's device)."""
     if getattr(model, "_langneurons", None) is not None:
         uninstall(model)
     if model_type not in VLLM_SITES:
@@ -74,7 +75,8 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
     d_local = int(down0.input_size_per_partition)  # this rank's slice of d_ff (RowParallelLinear)
     device = next(down0.parameters()).device
     acc = Accumulator.zeros(1, len(blocks), d_local, edges, threshold, device)
-    state = _State(acc, get_accumulate(kernel, device), n_prefix, n_suffix, [])
+    chosen = resolve(kernel, device)
+    state = _State(acc, get_accumulate(chosen, device), n_prefix, n_suffix, [])
 
     def top_pre(_m, args, kwargs):
         if not state.active:
@@ -102,7 +104,7 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
                     state.accumulate(state.acc, layer, nn.functional.silu(g), state.token_lang)
             state.handles.append(getattr(mlp, up_attr).register_forward_hook(post))
     model._langneurons = state
-    return len(blocks), d_local
+    return len(blocks), d_local, chosen
 
 
 def set_special(model: nn.Module, n_prefix: int, n_suffix: int) -> None:
