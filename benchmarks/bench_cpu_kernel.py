@@ -43,11 +43,11 @@ from common import machine_info  # noqa: E402
 
 from langneurons.kernels import cpu_stats, reference  # noqa: E402
 from langneurons.kernels.reference import Accumulator  # noqa: E402
-from langneurons.store.schema import DEFAULT_EDGES  # noqa: E402
+from langneurons.store.schema import DEFAULT_EDGES, NEURON_VARS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cpu_kernel.json"
 T, F, N, THRESHOLD = 2048, 1536, 3, 0.0
-STATS = ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")
+STATS = NEURON_VARS
 
 
 def block(seed: int = 0):

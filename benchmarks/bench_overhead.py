@@ -58,6 +58,7 @@ from langneurons.demo import demo_model_path  # noqa: E402
 from langneurons.kernels import cpu_stats  # noqa: E402
 from langneurons.profiler import hooks, tokens  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
+from langneurons.store.schema import NEURON_VARS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 
@@ -168,8 +169,7 @@ def instrumented(backend: HFBackend, sentences, repeats: int) -> dict:
             return
         seg_lang, slots, fold = cpu_stats._segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
         t1 = time.perf_counter()
-        fold(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in
-                       ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")))
+        fold(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))
         t["kernel"] += t1 - t0
         t["fold"] += time.perf_counter() - t1
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from langneurons.kernels.reference import Accumulator
+from langneurons.store.schema import NEURON_VARS
 
 CHUNK = 128  # rows per segment: the unit of threading, and the order in which float sums are folded
 TILE = 256   # neurons per tile: a tile's 15 edge counters (15 KB) and its scratch rows stay in L1
@@ -250,5 +251,4 @@ def accumulate_(acc: Accumulator, layer: int, x: torch.Tensor, token_lang: torch
         raise ValueError(f"the accumulator ({acc.n_fired.shape[2]} neurons on {acc.n_fired.device}) does not "
                          f"fit a block of {x.shape[1]} neurons on the CPU")
     seg_lang, slots, fold_into = _segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
-    fold_into(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in
-                                  ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")))
+    fold_into(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))
