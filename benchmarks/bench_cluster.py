@@ -24,7 +24,6 @@ Writes benchmarks/results/cluster.json and prints a table. About 4 minutes on 2 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -46,9 +45,10 @@ import zarr  # noqa: E402
 
 from langneurons import demo  # noqa: E402
 from langneurons.config import ProfileConfig  # noqa: E402
-from langneurons.corpus import plan_shards  # noqa: E402
-from langneurons.run import model_info, open_store, profile, read_corpus  # noqa: E402
-from langneurons.store.location import StoreLock, resolve  # noqa: E402
+from langneurons.shards import plan_shards  # noqa: E402
+from langneurons.run import corpus_facts, model_info, open_store, profile, read_corpus  # noqa: E402
+from langneurons.store.location import resolve  # noqa: E402
+from langneurons.store.lock import StoreLock  # noqa: E402
 from langneurons.store.schema import ALL_VARS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
@@ -87,7 +87,7 @@ def machine() -> dict:
 
 
 def base_cfg(out: str, args, workers: int, threads: int) -> ProfileConfig:
-    return ProfileConfig(model=str(demo.demo_model_path()), corpus=str(demo.demo_corpus_path()),
+    return ProfileConfig.from_flags(model=str(demo.demo_model_path()), corpus=str(demo.demo_corpus_path()),
                          max_sentences=args.sentences, shard_size=args.shard_size, out=out,
                          workers=workers, threads_per_worker=threads, device="cpu", overwrite=True)
 
@@ -108,11 +108,11 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     out = str(tmp / "start.zarr")
     cfg = base_cfg(out, args, 1, 1)
     corpus = read_corpus(cfg)
-    info, max_length = model_info(cfg)
-    cfg = dataclasses.replace(cfg, max_length=max_length)
+    info, max_length = model_info(cfg, in_process=True)
+    cfg = cfg.replace(max_length=max_length)
     loc = resolve(out)
     with StoreLock(loc) as lock:  # a store for the workers to open
-        open_store(cfg, loc, lock, info, corpus, plan_shards(corpus, cfg.shard_size))
+        open_store(cfg, loc, lock, info, corpus_facts(corpus), plan_shards(corpus, cfg.counting.shard_size))
     res: dict[str, list[float]] = {"inproc": [], "ray_actor": []}
     actor_cls = ray.remote(WorkerActor).options(num_cpus=1)
     for _ in range(repeats):

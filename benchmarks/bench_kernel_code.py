@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import triton
 
-    from langneurons.kernels import ptx
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import ptx
 
     rows = []
     for kernel in ("stats", "fused"):

@@ -66,7 +66,7 @@ RESULTS = Path(__file__).parent / "results" / "overhead.json"
 def batches(backend: HFBackend, sentences):
     enc = tokens.encode(backend.tokenizer, sentences, include_special_tokens=False, max_length=512)
     out = []
-    for b in tokens.batches_by_budget([len(s) for s in enc.input_ids], backend.cfg.batch_tokens):
+    for b in tokens.batches_by_budget([len(s) for s in enc.input_ids], backend.counting.batch_tokens):
         out.append(backend._pad([enc.input_ids[i] for i in b], [enc.counted[i] for i in b]))
     return out, enc.n_counted
 
@@ -212,9 +212,9 @@ def main(argv=None) -> int:
 
     corpus = load_corpus(demo_corpus_path(), languages=args.languages.split(","), max_sentences=args.sentences)
     model = str(demo_model_path())
-    backend = HFBackend(ProfileConfig(model=model, batch_tokens=args.batch_tokens))
+    backend = HFBackend(ProfileConfig.from_flags(model=model, batch_tokens=args.batch_tokens))
     assert backend.kernel == "numba", backend.kernel
-    ref = HFBackend(ProfileConfig(model=model, batch_tokens=args.batch_tokens, kernel="reference"))
+    ref = HFBackend(ProfileConfig.from_flags(model=model, batch_tokens=args.batch_tokens, kernel="reference"))
     sentences = [s for lang in corpus.languages for s in corpus.sentences[lang]]
     prepared, n_tokens = batches(backend, sentences)
     noop = hooks.HookState(backend.acc, lambda *a: None, compact=False)

@@ -25,10 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info  # noqa: E402
 
-from langneurons.corpus import Shard  # noqa: E402
+from langneurons.shards import Shard  # noqa: E402
 from langneurons.store.reader import open_results  # noqa: E402
 from langneurons.store.schema import DEFAULT_EDGES, Stats  # noqa: E402
-from langneurons.store.location import StoreLock, resolve  # noqa: E402
+from langneurons.store.location import resolve  # noqa: E402
+from langneurons.store.lock import StoreLock  # noqa: E402
 from langneurons.store.writer import ResultsStore  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "store.json"

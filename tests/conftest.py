@@ -1,4 +1,5 @@
-"""Test-wide settings: offline, no telemetry, deterministic CPU threads; `fixtures` importable."""
+"""Test-wide settings: offline, no telemetry, deterministic CPU threads; `fixtures` and `faults`
+importable here and in the processes the tests start."""
 
 import os
 import sys
@@ -8,6 +9,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
+# Worker processes (Ray's, the CLI's) import tests/faults.py through the worker's testing hook.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                         os.environ.get("PYTHONPATH")]))
 
 
 import pytest  # noqa: E402

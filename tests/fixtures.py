@@ -110,15 +110,16 @@ def write_corpus(d: Path, repeat: int = 3) -> str:
 
 def start_cli(argv: list[str], faults: dict | None = None):
     """`langneurons <argv>` in a subprocess and session of its own (no Ray address inherited), with
-    LANGNEURONS_TEST_FAULTS set to `faults`; stderr is kept for failure messages."""
-    import json
+    the faults of tests/faults.py switched on as `faults` says; stderr is kept for failure messages."""
     import os
     import subprocess
     import sys
 
+    from faults import environment
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if faults is not None:
-        env["LANGNEURONS_TEST_FAULTS"] = json.dumps(faults)
+        env.update(environment(faults))
     return subprocess.Popen([sys.executable, "-m", "langneurons.cli", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 

@@ -1,14 +1,14 @@
 """Runs on Ray end bit-identical to one in-process worker: with 2 workers, through a worker
 SIGKILLed mid-commit, a SIGKILLed driver resumed, a lost node, and a shard that always fails.
 
-Faults are injected in the workers' processes by the documented LANGNEURONS_TEST_FAULTS hook
+Faults are injected in the workers' processes through the worker's documented testing hook
+(tests/faults.py)
 (cluster/worker.py), which the driver forwards to its workers. Every run uses one torch thread per
 worker: CPU matmuls may round differently with another thread count.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +27,7 @@ from fixtures import start_cli, wait_for_commits  # noqa: E402
 
 from langneurons.cli import main  # noqa: E402
 from langneurons.cluster.driver import ShardFailed  # noqa: E402
-from langneurons.cluster.worker import FAULTS_ENV  # noqa: E402
+from faults import FAULTS_ENV, environment  # noqa: E402
 from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.run import profile  # noqa: E402
 from langneurons.store.schema import ALL_VARS  # noqa: E402
@@ -39,8 +39,8 @@ SHARD_SIZE = 2  # 3 languages x 12 rows -> 18 shards: a kill lands mid-run
 
 def cfg(model, corpus, out, **kw):
     kw.setdefault("threads_per_worker", 1)
-    return ProfileConfig(model=model, corpus=corpus, out=str(out), shard_size=SHARD_SIZE, batch_tokens=64,
-                         **kw)
+    return ProfileConfig.from_flags(model=model, corpus=corpus, out=str(out), shard_size=SHARD_SIZE,
+                                    batch_tokens=64, **kw)
 
 
 def arrays(path):
@@ -85,7 +85,8 @@ def local_ray():
 def faults(monkeypatch, tmp_path):
     def set_faults(**spec):
         spec.setdefault("state", str(tmp_path))
-        monkeypatch.setenv(FAULTS_ENV, json.dumps(spec))
+        for k, v in environment(spec).items():
+            monkeypatch.setenv(k, v)
     return set_faults
 
 
@@ -153,9 +154,32 @@ def test_shard_that_always_fails_stops_the_run_naming_it(model, corpus, referenc
 
 
 def test_worker_that_cannot_start_stops_the_run_at_once(model, corpus, local_ray, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"kill": [0]}))  # rejected in Worker.__init__
+    for k, v in environment({"kill": [0]}).items():  # rejected in Worker.__init__
+        monkeypatch.setenv(k, v)
     with pytest.raises(RuntimeError, match=r"Ray worker w\d failed to start: .*needs a 'state' directory"):
         profile(cfg(model, corpus, tmp_path / "r.zarr", workers=2), progress=False)
+
+
+def test_worker_that_loaded_another_dtype_is_refused(model, corpus, local_ray, tmp_path, monkeypatch):
+    """The provenance bug: the driver resolved one dtype (as for a CPU head with GPU workers) and
+    the workers computed in another. Each worker reports what it loaded; the driver refuses it
+    before any shard is profiled, so the store never states a dtype its counts were not made in."""
+    import dataclasses
+
+    from langneurons import run
+
+    real = run.model_info
+
+    def driver_thinks_bf16(*a, **kw):
+        info, max_length = real(*a, **kw)
+        return dataclasses.replace(info, dtype="bfloat16"), max_length
+
+    monkeypatch.setattr(run, "model_info", driver_thinks_bf16)
+    out = tmp_path / "r.zarr"
+    with pytest.raises(RuntimeError, match=r"Ray worker w\d .*loaded another model than the store records "
+                                           r"\(dtype: the store has 'bfloat16', the worker loaded 'float32'\)"):
+        profile(cfg(model, corpus, out, workers=2), progress=False)
+    assert not committed(out).any()
 
 
 def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, faults):
@@ -218,7 +242,7 @@ def test_local_ray_listens_on_loopback_only_even_if_imported_first(model, corpus
     on every interface): the instance langneurons starts binds 127.0.0.1 only, with no dashboard."""
     import psutil
 
-    from langneurons.cluster.driver import connect
+    from langneurons.cluster.session import connect
 
     ray.shutdown()
     started, reaper = connect(cfg(model, corpus, tmp_path / "r.zarr", workers=1))

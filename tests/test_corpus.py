@@ -13,8 +13,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from langneurons.corpus import (CorpusError, ParallelCorpus, Shard, demo_corpus_path, load_corpus,
-                                plan_shards)
+from langneurons.corpus import CorpusError, ParallelCorpus, demo_corpus_path, load_corpus
+from langneurons.shards import Shard, plan_shards
 
 TICO19 = Path("/work/shared/corpora/tico19")
 

@@ -162,8 +162,8 @@ def test_hf_fused_mlp_equals_hooks(arch, site, tmp_path):
     path = str(make_tiny_model(arch, tmp_path / arch))
     sentences = SENTENCES["en"] + SENTENCES["ru"]
     base = dict(model=path, kernel="reference", batch_tokens=64, site=site)
-    got = HFBackend(ProfileConfig(fused_mlp=True, **base)).profile(sentences)
-    want = HFBackend(ProfileConfig(**base)).profile(sentences)
+    got = HFBackend(ProfileConfig.from_flags(fused_mlp=True, **base)).profile(sentences)
+    want = HFBackend(ProfileConfig.from_flags(**base)).profile(sentences)
     assert got.n_tokens == want.n_tokens
     for v in NEURON_VARS:
         if v.startswith("act_sum"):
@@ -199,13 +199,13 @@ def test_hf_fused_mlp_with_triton(tmp_path, monkeypatch):
     so the integer statistics may differ on a value that sits on a bin edge: at most 0.1% of them."""
     path = str(make_tiny_model("llama", tmp_path / "m"))
     sentences = SENTENCES["en"] + SENTENCES["fr"]
-    cfg = ProfileConfig(model=path, kernel="triton", fused_mlp=True, batch_tokens=64)
+    cfg = ProfileConfig.from_flags(model=path, kernel="triton", fused_mlp=True, batch_tokens=64)
     if DEVICE == "cpu":
         with pytest.raises(RuntimeError, match="differs from the model's own SiLU"):
             HFBackend(cfg)
         monkeypatch.setattr(triton_fused, "check_exact", lambda *a: None)
     got = HFBackend(cfg).profile(sentences)
-    want = HFBackend(ProfileConfig(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
+    want = HFBackend(ProfileConfig.from_flags(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
     assert got.n_tokens == want.n_tokens
     for v in ("n_fired", "act_hist", "n_nonfinite"):
         a, b = getattr(got, v), getattr(want, v)
@@ -222,7 +222,7 @@ def test_fused_mlp_refuses_other_mlps(arch, match, tmp_path, capsys):
 
     path = str(make_tiny_model(arch, tmp_path / arch))
     with pytest.raises(sites.UnsupportedArchitecture, match=match):
-        HFBackend(ProfileConfig(model=path, fused_mlp=True))
+        HFBackend(ProfileConfig.from_flags(model=path, fused_mlp=True))
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang, lines in SENTENCES.items():
@@ -247,7 +247,7 @@ def test_fused_mlp_refuses_a_non_silu_activation(tmp_path):
     with pytest.raises(sites.UnsupportedArchitecture, match="layer 0's activation is GELU"):
         sites.fusable_mlps(model, "llama")
     with pytest.raises(ValueError, match="needs backend 'hf'"):
-        ProfileConfig(fused_mlp=True, backend="vllm")
+        ProfileConfig.from_flags(fused_mlp=True, backend="vllm")
 
 
 def test_dispatch_fused(monkeypatch):

@@ -80,8 +80,8 @@ def test_hf_backend_with_triton_equals_reference(tmp_path):
 
     path = str(make_tiny_model("llama", tmp_path / "m"))
     sentences = SENTENCES["en"] + SENTENCES["ru"]
-    got = HFBackend(ProfileConfig(model=path, kernel="triton", batch_tokens=64)).profile(sentences)
-    want = HFBackend(ProfileConfig(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
+    got = HFBackend(ProfileConfig.from_flags(model=path, kernel="triton", batch_tokens=64)).profile(sentences)
+    want = HFBackend(ProfileConfig.from_flags(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
     assert got.n_tokens == want.n_tokens
     for v in NEURON_VARS:
         if v.startswith("act_sum"):

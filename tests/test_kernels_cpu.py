@@ -97,8 +97,8 @@ def test_hf_backend_with_the_cpu_kernel_equals_reference(tmp_path, fused):
 
     path = str(make_tiny_model("llama", tmp_path / "m"))
     sentences = SENTENCES["en"] + SENTENCES["ru"]
-    got = HFBackend(ProfileConfig(model=path, kernel="numba", batch_tokens=64, fused_mlp=fused)).profile(sentences)
-    want = HFBackend(ProfileConfig(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
+    got = HFBackend(ProfileConfig.from_flags(model=path, kernel="numba", batch_tokens=64, fused_mlp=fused)).profile(sentences)
+    want = HFBackend(ProfileConfig.from_flags(model=path, kernel="reference", batch_tokens=64)).profile(sentences)
     assert got.n_tokens == want.n_tokens
     for v in NEURON_VARS:
         a, b = torch.from_numpy(getattr(got, v)), torch.from_numpy(getattr(want, v))

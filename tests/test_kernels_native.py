@@ -20,10 +20,11 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed: pip install 'langneurons[triton]'")
 
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 CODE = """
-import json
-from langneurons.kernels.ptx import compile_ptx, summary
-from langneurons.kernels.ptx import loop_profile
+import json, sys
+sys.path.insert(0, {tools!r})
+from ptx import compile_ptx, loop_profile, summary
 out = {f"{k}_{d}_sm{a}": summary(compile_ptx(k, d, a))
        for a in (80, 90) for k in ("stats", "fused") for d in ("fp32", "fp16", "bf16")}
 out["loops"] = [loop_profile(k, d, 90) for k in ("stats", "fused") for d in ("fp32", "bf16")]
@@ -34,7 +35,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def ptx():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", CODE.replace("{tools!r}", repr(TOOLS))], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.activations import ACT2FN
 
 from langneurons.config import ProfileConfig
-from langneurons.kernels.reference import reference_stats_numpy
+from oracle import reference_stats_numpy
 from langneurons.profiler import sites
 from langneurons.profiler.backends.hf import HFBackend
 
@@ -68,10 +68,10 @@ def oracle_activations(path, sentences, site, include_special):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stats_equal_independent_computation(models, arch, site):
     sentences = SENTENCES["en"] + SENTENCES["ru"]
-    cfg = ProfileConfig(model=str(models[arch]), site=site, threshold=0.0, batch_tokens=64)
+    cfg = ProfileConfig.from_flags(model=str(models[arch]), site=site, threshold=0.0, batch_tokens=64)
     stats = HFBackend(cfg).profile(sentences)
     n_tok, acts = oracle_activations(models[arch], sentences, site, include_special=False)
-    want = reference_stats_numpy(acts, 0.0, cfg.bin_edges)
+    want = reference_stats_numpy(acts, 0.0, cfg.counting.bin_edges)
 
     assert stats.n_tokens == n_tok
     np.testing.assert_array_equal(stats.n_fired, want["n_fired"])
@@ -90,8 +90,8 @@ def test_special_tokens_excluded_by_default_and_counted_on_request(tmp_path):
     tok = AutoTokenizer.from_pretrained(path)
     text_tokens = sum(len(tok(s, add_special_tokens=False).input_ids) for s in sentences)
 
-    default = HFBackend(ProfileConfig(model=str(path))).profile(sentences)
-    with_special = HFBackend(ProfileConfig(model=str(path), include_special_tokens=True)).profile(sentences)
+    default = HFBackend(ProfileConfig.from_flags(model=str(path))).profile(sentences)
+    with_special = HFBackend(ProfileConfig.from_flags(model=str(path), include_special_tokens=True)).profile(sentences)
     assert default.n_tokens == text_tokens
     assert with_special.n_tokens == text_tokens + 2 * len(sentences)
     n_all, acts = oracle_activations(path, sentences, "gate", include_special=True)
@@ -103,8 +103,8 @@ def test_padding_never_counts(models):
     """One big padded batch and one sentence per batch give the same integer statistics."""
     sentences = SENTENCES["en"] + SENTENCES["fr"]
     path = str(models["llama"])
-    batched = HFBackend(ProfileConfig(model=path, batch_tokens=4096)).profile(sentences)
-    single = HFBackend(ProfileConfig(model=path, batch_tokens=1)).profile(sentences)
+    batched = HFBackend(ProfileConfig.from_flags(model=path, batch_tokens=4096)).profile(sentences)
+    single = HFBackend(ProfileConfig.from_flags(model=path, batch_tokens=1)).profile(sentences)
     assert batched.n_tokens == single.n_tokens
     np.testing.assert_array_equal(batched.n_fired, single.n_fired)
     np.testing.assert_array_equal(batched.act_hist, single.act_hist)
@@ -113,11 +113,11 @@ def test_padding_never_counts(models):
 def test_threshold_is_strict_and_configurable(models):
     sentences = SENTENCES["en"]
     path = str(models["qwen2"])
-    low = HFBackend(ProfileConfig(model=path, threshold=0.0)).profile(sentences)
-    high = HFBackend(ProfileConfig(model=path, threshold=0.5)).profile(sentences)
+    low = HFBackend(ProfileConfig.from_flags(model=path, threshold=0.0)).profile(sentences)
+    high = HFBackend(ProfileConfig.from_flags(model=path, threshold=0.5)).profile(sentences)
     assert (high.n_fired <= low.n_fired).all() and high.n_fired.sum() < low.n_fired.sum()
     # n_fired at threshold 0.5 = tokens in bins above the 0.5 edge (0.5 is a default edge)
-    edges = np.asarray(ProfileConfig().bin_edges)
+    edges = np.asarray(ProfileConfig.from_flags().counting.bin_edges)
     above = np.flatnonzero(edges >= 0.5)[0] + 1
     np.testing.assert_array_equal(high.n_fired, low.act_hist[..., above:].sum(-1))
 

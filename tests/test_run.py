@@ -12,6 +12,7 @@ from langneurons.cli import main
 from langneurons.cluster.worker import Worker
 from langneurons.config import ProfileConfig
 from langneurons.run import profile
+from langneurons.store import schema
 from langneurons.store.reader import ResultsError
 from langneurons.store.schema import ALL_VARS
 from langneurons.store.writer import StoreError
@@ -32,7 +33,7 @@ def corpus(tmp_path):
 
 
 def cfg(model, corpus, out, **kw):
-    return ProfileConfig(model=model, corpus=corpus, out=str(out), shard_size=5, batch_tokens=64, **kw)
+    return ProfileConfig.from_flags(model=model, corpus=corpus, out=str(out), shard_size=5, batch_tokens=64, **kw)
 
 
 def arrays(path):
@@ -52,10 +53,7 @@ def test_store_opens_as_labelled_dataset(model, corpus, tmp_path):
     assert ds["act_hist"].dims == ("language", "layer", "neuron", "bin")
     assert {"bin_lower", "bin_upper"} <= set(ds.coords)
     assert np.isneginf(ds["bin_lower"].values[0]) and np.isposinf(ds["bin_upper"].values[-1])
-    for a in ("schema_version", "langneurons_version", "model", "model_fingerprint", "architecture",
-              "site", "threshold", "dtype", "backend", "languages", "corpus_fingerprint",
-              "n_sentences", "config", "created", "complete"):
-        assert a in ds.attrs, a
+    assert set(ds.attrs) == set(schema.ATTRS)  # the schema's list is the whole contract
     assert ds.attrs["complete"] is True and ds.attrs["architecture"] == "llama"
     assert ds.attrs["model_fingerprint"].startswith("sha256:")
     assert ds["n_tokens"].dtype == np.int64 and ds["act_sum"].dtype == np.float64
@@ -76,7 +74,7 @@ def test_totals_equal_direct_backend_run(model, corpus, tmp_path):
 
     out = tmp_path / "r.zarr"
     profile(cfg(model, corpus, out), progress=False)
-    direct = HFBackend(ProfileConfig(model=model)).profile(SENTENCES["fr"] * 3)
+    direct = HFBackend(ProfileConfig.from_flags(model=model)).profile(SENTENCES["fr"] * 3)
     ds = open_results(str(out))
     assert int(ds["n_tokens"].sel(language="fr")) == direct.n_tokens
     np.testing.assert_array_equal(ds["n_fired"].sel(language="fr").values, direct.n_fired)
@@ -162,14 +160,15 @@ def test_config_file_with_cli_overrides(tmp_path):
     args = build_parser().parse_args(["profile", "--config", str(f), "--threshold", "0.5",
                                       "--bin-edges", "0,0.5,1", "--include-special-tokens"])
     cfg = config_from_args(args)
-    assert (cfg.model, cfg.threshold, cfg.languages, cfg.shard_size) == ("/m", 0.5, ["en", "fr"], 7)
-    assert cfg.bin_edges == [0.0, 0.5, 1.0] and cfg.include_special_tokens is True
+    assert (cfg.backend.model, cfg.counting.threshold, cfg.corpus.languages, cfg.counting.shard_size) == \
+        ("/m", 0.5, ["en", "fr"], 7)
+    assert cfg.counting.bin_edges == [0.0, 0.5, 1.0] and cfg.counting.include_special_tokens is True
 
     f.write_text("modle: /m\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown fields.*modle"):
         config_from_args(build_parser().parse_args(["profile", "--config", str(f)]))
     with pytest.raises(ValueError, match="strictly increasing"):
-        ProfileConfig(bin_edges=[0.5, 0.0])
+        ProfileConfig.from_flags(bin_edges=[0.5, 0.0])
 
 
 def test_cli_surface_is_pinned():

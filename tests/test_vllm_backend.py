@@ -6,7 +6,6 @@ torch); in an environment without vLLM it is skipped, saying so.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
@@ -45,7 +44,7 @@ def tiny(arch: str, path, add_eos=False, positions=512):
 
 
 def cfg(model, **kw):
-    return ProfileConfig(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
+    return ProfileConfig.from_flags(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
 
 
 def compare(model, **kw):
@@ -114,7 +113,7 @@ def test_demo_model_architecture(tmp_path):
         path = str(demo_model_path())
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    c = ProfileConfig(model=path, batch_tokens=512, max_length=128, vllm_gpu_memory_utilization=0.3)
+    c = ProfileConfig.from_flags(model=path, batch_tokens=512, max_length=128, vllm_gpu_memory_utilization=0.3)
     sents = ["The patient has a fever and a cough.", "Le patient a de la fièvre.", "У пациента жар."]
     want = HFBackend(c).profile(sents)
     backend = VLLMBackend(c)
@@ -138,7 +137,7 @@ def test_default_max_length_fits_a_short_position_limit_and_serialization_switch
     assert INSECURE not in os.environ
     model = tiny("llama", tmp_path / "short", positions=128)
     long_sentence = " ".join(SENTS * 4)                      # well over 128 tokens
-    c = ProfileConfig(model=model, batch_tokens=256, vllm_gpu_memory_utilization=0.3)
+    c = ProfileConfig.from_flags(model=model, batch_tokens=256, vllm_gpu_memory_utilization=0.3)
     backend = VLLMBackend(c)
     try:
         assert backend.max_length == 127 and INSECURE not in os.environ
@@ -146,7 +145,7 @@ def test_default_max_length_fits_a_short_position_limit_and_serialization_switch
         assert INSECURE not in os.environ
     finally:
         backend.close()
-    want = HFBackend(dataclasses.replace(c, max_length=127)).profile([long_sentence, SENTS[0]])
+    want = HFBackend(c.replace(max_length=127)).profile([long_sentence, SENTS[0]])
     assert got.n_tokens == want.n_tokens
     with pytest.raises(ValueError, match=r"--max-length 128 exceeds the model's position limit of 128 .*vLLM"):
-        VLLMBackend(dataclasses.replace(c, max_length=128))
+        VLLMBackend(c.replace(max_length=128))

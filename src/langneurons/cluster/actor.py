@@ -6,12 +6,13 @@ and restart policy of a run, so importing this module needs no Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
 from langneurons.cluster.worker import ShardResult, Worker
 from langneurons.config import ProfileConfig
-from langneurons.corpus import Shard
+from langneurons.shards import Shard
 
 
 def cpu_cores() -> int:
@@ -23,8 +24,8 @@ def cpu_cores() -> int:
 
 
 def worker_threads(cfg: ProfileConfig, cores: int) -> int:
-    """Torch CPU threads per worker: cfg.threads_per_worker, else this node's cores / workers."""
-    return cfg.threads_per_worker or max(1, cores // max(1, cfg.workers))
+    """Torch CPU threads per worker: --threads-per-worker, else this node's cores / workers."""
+    return cfg.cluster.threads_per_worker or max(1, cores // max(1, cfg.cluster.workers))
 
 
 class WorkerActor:
@@ -35,7 +36,8 @@ class WorkerActor:
         self.worker = Worker(cfg, store_url, threads=self.threads)  # threads set before loading
 
     def ready(self) -> dict:
-        """Answers once the model is loaded; says where and how this worker runs (on Ray)."""
+        """Answers once the model is loaded: the model it loaded (checked by the driver), and where
+        and how this worker runs."""
         import socket
 
         import torch
@@ -44,7 +46,8 @@ class WorkerActor:
 
         return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                 "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "device": str(getattr(self.worker.backend, "device", self.worker.cfg.device))}
+                "device": str(getattr(self.worker.backend, "device", self.worker.cfg.backend.device)),
+                "model": dataclasses.asdict(self.worker.backend.info)}
 
     def run_shard(self, shard: Shard, sentences: Sequence[str]) -> ShardResult:
         return self.worker.run_shard(shard, sentences)

@@ -1,20 +1,15 @@
 """Run shards on Ray workers: dynamic scheduling, bounded retries, an exactly-once token tally.
 
-    run_on_ray(cfg, corpus, todo, progress=True) -> tokens profiled by this run
+`cluster.session.RaySession` connects and calls `run_shards` here; see session.py for how Ray is
+used, joined or started.
 
-Connecting. In a process that already has a Ray session (`ray.is_initialized()`) that session is
-used as it is. Otherwise `cfg.address` ('auto', 'host:port', 'ray://host:10001') or the
-RAY_ADDRESS variable (which `ray job submit` sets for its entry point) names a cluster to join.
-Otherwise a local instance is started for this run and shut down after it: no dashboard, usage
-stats off, every Ray process bound to 127.0.0.1 (whether or not `ray` was imported before; checked
-after the start, and refused otherwise), worker logs kept out of the terminal (they are in
-/tmp/ray/session_latest/logs), and enough CPUs declared for the workers asked for. A watcher
-process (`cluster.reaper`) stops the instance's processes if the driver is killed.
-
-Workers. `cfg.workers` actors (`cluster.actor.WorkerActor`), each loading the model once: one GPU
+Workers. `--workers` actors (`cluster.actor.WorkerActor`), each loading the model once: one GPU
 each when the cluster has GPUs (or `device` names cuda), else `threads_per_worker` CPUs each
-(default: the node's cores / workers), spread over the nodes. An actor is constructed from the
-config and the store's URL only (small, inline: a restart cannot lose them); each shard's
+(default: the node's cores / workers), spread over the nodes. Each worker reports the model it
+loaded (fingerprint, architecture, layers, d_ff, dtype); one that differs from what the store
+records (`expected`) stops the run before it profiles anything, so the store's provenance is what
+the workers computed (a CPU driver with GPU workers records bfloat16, as the workers run). An
+actor is constructed from the config and the store's URL only (small, inline: a restart cannot lose them); each shard's
 sentences travel with its task. `LANGNEURONS_*`, `HF_HUB_OFFLINE` and `TRANSFORMERS_OFFLINE`
 are forwarded to the workers' environment.
 
@@ -58,8 +53,6 @@ Concurrent writers. Every worker writes its shards' chunks of the same store, so
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -67,11 +60,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from langneurons.cluster.actor import WorkerActor, cpu_cores
+from langneurons.cluster.actor import WorkerActor
 from langneurons.cluster.progress import ShardProgress
-from langneurons.cluster.reaper import Reaper
 from langneurons.config import ProfileConfig
-from langneurons.corpus import ParallelCorpus, Shard
+from langneurons.corpus import ParallelCorpus
+from langneurons.shards import Shard
+from langneurons.store.schema import ModelInfo, model_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -86,127 +80,22 @@ class ShardFailed(RuntimeError):
     """A shard failed on every attempt it was allowed."""
 
 
-def run_on_ray(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *,
-               progress: bool = True) -> int:
-    """Profile `todo` on cfg.workers Ray workers; returns the tokens of the shards completed."""
+class WorkerMismatch(RuntimeError):
+    """A worker loaded a different model (or dtype) than the store records."""
+
+
+def run_shards(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, gpu: bool, expected: ModelInfo,
+               on_ready=None, progress: bool = True) -> int:
+    """Profile `todo` on cfg's workers in the connected Ray session; the tokens of the shards done."""
     if not todo:
         return 0
-    if cfg.workers < 1:
-        raise ValueError(f"workers must be >= 1 to run on Ray, got {cfg.workers}")
-    started, reaper = connect(cfg)
-    try:
-        on_ready = reaper.report_children if reaper is not None else None
-        return _Scheduler(cfg, corpus, todo, on_ready=on_ready).run(progress=progress)
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-        if reaper is not None:
-            reaper.close()
-
-
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds its node to 127.0.0.1
-TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def connect(cfg: ProfileConfig) -> tuple[bool, Reaper | None]:
-    """Use, join or start Ray (see the module docstring): (whether the caller must shut it down,
-    the watcher of a local instance's processes)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    ray = _import_ray()
-    if ray.is_initialized():
-        log.info("using this process's Ray session")
-        return False, None
-    if address:
-        log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address)
-        return True, None
-    n_cpus = max(cpu_cores(), cfg.workers * (cfg.threads_per_worker or 1))
-    reaper = Reaper.start()
-    try:
-        with _loopback_only(), _quiet_token_notice():
-            ray.init(address="local", num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
-        ip = ray.util.get_node_ip_address()
-        if ip != "127.0.0.1":
-            ray.shutdown()
-            raise RuntimeError(f"the local Ray instance bound to {ip}, not 127.0.0.1, so other machines could "
-                               "reach it; refusing to run. Start Ray yourself (`ray start --head "
-                               "--node-ip-address 127.0.0.1`) and pass --address auto")
-        if reaper is not None:
-            reaper.report_children()
-    except BaseException:
-        if reaper is not None:
-            reaper.close()
-        raise
-    return True, reaper
-
-
-@contextlib.contextmanager
-def _quiet_token_notice():
-    """Ray turns token authentication on for every new local instance (other local users could
-    reach even a loopback port) and logs a warning that it did, suggesting to turn it off. It stays
-    on; the notice, which asks nothing of a langneurons user, is not printed. (Setting RAY_AUTH_MODE
-    ourselves would not do: Ray reads it once, when `ray` is imported.)"""
-    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
-    before = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
-@contextlib.contextmanager
-def _loopback_only():
-    """Make the local instance listen on 127.0.0.1 only, whether `ray` was imported before or not.
-
-    Ray reads LOOPBACK_ENV once, when `ray` is imported, into `ray_constants.ENABLE_RAY_CLUSTER`
-    (its processes read the variable again at their own start). So both are set for the start
-    and restored afterwards; `connect` then checks the address Ray actually used."""
-    before_env = os.environ.get(LOOPBACK_ENV)
-    os.environ[LOOPBACK_ENV] = "0"
-    try:
-        from ray._private import ray_constants
-    except ImportError:  # a Ray without this module: the check in `connect` still holds
-        ray_constants = None
-    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    if ray_constants is not None and before is not None:
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        if ray_constants is not None and before is not None:
-            ray_constants.ENABLE_RAY_CLUSTER = before
-        if before_env is None:
-            os.environ.pop(LOOPBACK_ENV, None)
-        else:
-            os.environ[LOOPBACK_ENV] = before_env
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise RuntimeError("--workers needs Ray: pip install 'langneurons[ray]' "
-                           "(or run in this process with --workers 0)") from e
-    return ray
-
-
-def use_gpus(cfg: ProfileConfig) -> bool:
-    """One GPU per worker when device names cuda, or is auto and the cluster has GPUs."""
-    import ray
-
-    if cfg.device == "auto":
-        return ray.cluster_resources().get("GPU", 0) >= 1
-    return cfg.device.startswith("cuda")
+    return _Scheduler(cfg, corpus, todo, gpu=gpu, expected=expected, on_ready=on_ready).run(progress=progress)
 
 
 def actor_options(cfg: ProfileConfig, gpu: bool) -> dict[str, Any]:
     opts: dict[str, Any] = dict(max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD",
                                 num_gpus=1 if gpu else 0,
-                                num_cpus=1 if gpu else (cfg.threads_per_worker or 1))
+                                num_cpus=1 if gpu else (cfg.cluster.threads_per_worker or 1))
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIX) or k in FORWARD_ENV}
     if env:
         opts["runtime_env"] = {"env_vars": env}
@@ -228,10 +117,12 @@ class _Slot:
 
 
 class _Scheduler:
-    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, on_ready=None):
+    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, gpu: bool,
+                 expected: ModelInfo, on_ready=None):
         import ray
 
         self.cfg = cfg
+        self.expected = expected
         self.on_ready = on_ready                      # called when a worker becomes ready
         self.todo = todo
         self.queue: deque[Shard] = deque(todo)
@@ -239,16 +130,14 @@ class _Scheduler:
         self.tokens: dict[int, int] = {}             # shard index -> n_tokens, once per shard
         self.tasks: dict[Any, tuple[Shard, _Slot, int]] = {}  # ref -> (shard, slot, slot's life)
         self.pings: dict[Any, _Slot] = {}
-        gpu = use_gpus(cfg)
-        actor_cfg = dataclasses.replace(cfg, device="cuda") if gpu else cfg  # Ray maps its GPU to cuda:0
         self.corpus = corpus
         opts = actor_options(cfg, gpu)
-        _warn_if_short(cfg.workers, opts)
+        n, threads = cfg.cluster.workers, cfg.cluster.threads_per_worker
+        _warn_if_short(n, opts)
         cls = ray.remote(WorkerActor).options(**opts)
-        self.slots = [_Slot(f"w{i}", cls.remote(actor_cfg, cfg.out))
-                      for i in range(cfg.workers)]
-        log.info("%d Ray workers (%s) for %d shards", cfg.workers,
-                 "1 GPU each" if gpu else f"{cfg.threads_per_worker or 'cores/workers'} CPU threads each",
+        self.slots = [_Slot(f"w{i}", cls.remote(cfg, cfg.store.out)) for i in range(n)]
+        log.info("%d Ray workers (%s) for %d shards", n,
+                 "1 GPU each" if gpu else f"{threads or 'cores/workers'} CPU threads each",
                  len(todo))
 
     # --- the loop --------------------------------------------------------------------------
@@ -347,11 +236,11 @@ class _Scheduler:
     def _failed(self, shard: Shard, why: str, err: Exception) -> None:
         self.failures[shard.index] += 1
         n = self.failures[shard.index]
-        if n > self.cfg.max_retries:
+        if n > self.cfg.cluster.max_retries:
             raise ShardFailed(f"shard {shard.id} (#{shard.index}) failed {n} times: {why}; "
                               "fix the cause and resume with --resume") from err
         log.warning("shard %s failed (attempt %d of %d), retrying: %s", shard.id, n,
-                    self.cfg.max_retries + 1, why)
+                    self.cfg.cluster.max_retries + 1, why)
         self.queue.appendleft(shard)
 
     def _restarting(self, slot: _Slot) -> None:
@@ -385,6 +274,11 @@ class _Scheduler:
             slot.ping_after = time.monotonic() + min(WAIT_LOG_S, 2.0 ** slot.ping_errors)
             log.debug("worker %s not available yet: %s", slot.name, _first_line(str(e)))
         else:
+            problem = model_mismatch(self.expected, ModelInfo(**info["model"]))
+            if problem:
+                raise WorkerMismatch(f"Ray worker {slot.name} on {info['host']} loaded another model than the "
+                                     f"store records ({problem}); refusing its counts. Give every node the same "
+                                     "model files, and --dtype explicitly if nodes differ in devices")
             slot.state, slot.ping_errors = "ready", 0
             log.debug("worker %s ready: %s", slot.name, info)
             if self.on_ready is not None:

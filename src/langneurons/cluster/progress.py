@@ -7,7 +7,7 @@ import time
 
 from tqdm import tqdm
 
-from langneurons.corpus import Shard
+from langneurons.shards import Shard
 
 
 class ShardProgress:

@@ -115,5 +115,5 @@ def _watch() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.pop("LANGNEURONS_TEST_FAULTS", None)
+    os.environ.pop("LANGNEURONS_BEFORE_COMMIT", None)  # the workers' testing hook is not the reaper's
     _watch()

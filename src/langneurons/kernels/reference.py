@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from langneurons.store.schema import NEURON_VARS, Stats
@@ -172,25 +171,3 @@ def silu_mul_accumulate_(acc: Accumulator, layer: int, gate: torch.Tensor, up: t
     x = h if site == "gate" else y
     (accumulate or accumulate_)(acc, layer, x.reshape(-1, x.shape[-1]), token_lang)
     return y
-
-def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> dict[str, np.ndarray]:
-    """Slow, obviously-correct float64 statistics of one language: a test oracle.
-
-    acts: per layer, a [T, F] array of the text tokens' activations.
-    """
-    e = np.asarray(edges, dtype=np.float64)
-    res = {k: [] for k in NEURON_VARS}
-    for a in acts:
-        a = np.asarray(a, dtype=np.float64)
-        fin = np.isfinite(a)
-        az = np.where(fin, a, 0.0)
-        res["n_fired"].append(((a > threshold) & fin).sum(0))
-        res["act_sum"].append(az.sum(0))
-        res["act_sumsq"].append((az * az).sum(0))
-        res["n_nonfinite"].append((~fin).sum(0))
-        idx = np.searchsorted(e, a, side="left")  # e[k-1] < a <= e[k]
-        h = np.zeros((a.shape[1], len(e) + 1), dtype=np.int64)
-        for f in range(a.shape[1]):
-            h[f] = np.bincount(idx[fin[:, f], f], minlength=len(e) + 1)
-        res["act_hist"].append(h)
-    return {k: np.stack(v) for k, v in res.items()}

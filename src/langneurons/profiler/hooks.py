@@ -1,4 +1,6 @@
-"""Hooks that reduce each layer's FFN site on the device, inside the forward pass.
+"""Hooks that reduce each layer's FFN site on the device, inside the forward pass: one hook state
+and one installer for both backends (the HF backend's model, and vLLM's model inside each of its
+worker processes, `backends/vllm_worker.py`).
 
 The hook never keeps a reference to the activation (fused or in-place kernels may overwrite it
 later, nnsight #630); it reduces it at once into the accumulator and returns nothing, so the
@@ -36,6 +38,7 @@ class HookState:
         self.token_lang: torch.Tensor | None = None  # [B*S] int32, -1 = not counted
         self.rows: torch.Tensor | None = None        # [R] int64: counted rows (compact only)
         self.row_lang: torch.Tensor | None = None    # [R] int32: their languages
+        self.active = True  # hooks that stay installed between passes (vLLM) reduce only while set
 
     def set_batch(self, token_lang: torch.Tensor, device: torch.device) -> None:
         """Prepare the next forward pass; `token_lang` is [B*S] on the host."""
@@ -44,6 +47,12 @@ class HookState:
             rows = torch.nonzero(token_lang >= 0).squeeze(1)
             self.rows = rows.to(device, non_blocking=True)
             self.row_lang = token_lang[rows].to(device, non_blocking=True)
+
+    def set_token_lang(self, token_lang: torch.Tensor) -> None:
+        """Set the pass's token languages, already on the device (vLLM builds them there)."""
+        self.token_lang = token_lang
+        if self.compact:
+            raise RuntimeError("internal: compact hooks need set_batch (host-side row indices)")
 
     def clear(self) -> None:
         self.token_lang = self.rows = self.row_lang = None
@@ -66,21 +75,38 @@ class HookState:
             self.accumulate(self.acc, layer, x, self.token_lang)
 
 
-@contextmanager
-def installed(sites: list[SiteModule], state: HookState) -> Iterator[HookState]:
-    """Install one hook per layer for the duration of the block; always removed in `finally`."""
+def install(sites: list[SiteModule], state: HookState) -> list:
+    """One hook per layer; returns the handles (remove them to uninstall)."""
     handles = []
     try:
         for s in sites:
             if s.kind == "output":
-                def hook(_m, _args, output, layer=s.layer):
-                    state.reduce(layer, output)
+                def hook(_m, _args, output, layer=s.layer, f=s.transform):
+                    if state.active:
+                        state.reduce(layer, output if f is None else f(output))
                 handles.append(s.module.register_forward_hook(hook))
             else:
-                def pre_hook(_m, args, layer=s.layer):
-                    state.reduce(layer, args[0])
+                def pre_hook(_m, args, layer=s.layer, f=s.transform):
+                    if state.active:
+                        state.reduce(layer, args[0] if f is None else f(args[0]))
                 handles.append(s.module.register_forward_pre_hook(pre_hook))
+    except BaseException:
+        remove(handles)
+        raise
+    return handles
+
+
+def remove(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
+
+
+@contextmanager
+def installed(sites: list[SiteModule], state: HookState) -> Iterator[HookState]:
+    """Hooks installed for the duration of the block; always removed in `finally`."""
+    handles = install(sites, state)
+    try:
         yield state
     finally:
-        for h in handles:
-            h.remove()
+        remove(handles)

@@ -6,15 +6,19 @@ Two sites per layer:
 - ``down_in``: the input of the down projection, i.e. the key-value-memory coefficient:
                act(W_gate x) * (W_up x) for gated MLPs; the same tensor as ``gate`` otherwise.
 
-Hooks attach to modules named here; an architecture missing from the table is an error that lists
-the supported ones. To add one: name its block list, its MLP, its activation module and its down
-projection, and add a tiny config to tests/fixtures.py so every test covers it.
+Hooks attach to modules named here, in transformers models (HF backend) and in vLLM's own model
+classes (vLLM backend, `vllm_gate_up`): one table for both, so an architecture is added once. An
+architecture missing from the table is an error that lists the supported ones. To add one: name
+its block list, its MLP, its activation module and its down projection (and, for vLLM, its merged
+gate/up projection), and add a tiny config to tests/fixtures.py so every test covers it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
+import torch
 from torch import nn
 
 from langneurons.config import SITES
@@ -31,10 +35,14 @@ class ArchSpec:
     # MLP.forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)): --fused-mlp may replace it
     # (when act_fn is SiLU, checked per model: config.hidden_act can differ)
     fusable: bool = False
+    # vLLM: the merged column-parallel projection whose output is [gate | up] (this rank's slice
+    # of each); `layers`, `mlp` and `down` are the same names in vLLM's model classes. None: the
+    # vLLM backend does not support the architecture.
+    vllm_gate_up: str | None = None
 
 
 _LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
-                       fusable=True)
+                       fusable=True, vllm_gate_up="gate_up_proj")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -51,6 +59,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+VLLM_ARCHITECTURES = tuple(sorted(k for k, v in ARCHITECTURES.items() if v.vllm_gate_up))
+
+
 class UnsupportedArchitecture(ValueError):
     pass
 
@@ -63,6 +74,16 @@ def arch_spec(model_type: str) -> ArchSpec:
             f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}. "
             "Add it to langneurons/profiler/sites.py (block list, MLP, activation, down projection)."
         ) from None
+
+
+def vllm_spec(model_type: str) -> ArchSpec:
+    """The spec of an architecture the vLLM backend supports, or an error naming those it does."""
+    spec = ARCHITECTURES.get(model_type)
+    if spec is None or spec.vllm_gate_up is None:
+        raise UnsupportedArchitecture(
+            f"--backend vllm supports {', '.join(sorted(VLLM_ARCHITECTURES))}, not {model_type!r}; "
+            "use --backend hf for this model")
+    return spec
 
 
 def check_site(site: str) -> str:
@@ -81,11 +102,13 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 @dataclass(frozen=True)
 class SiteModule:
-    """One layer's hook point: hook `module`'s output (kind='output') or its input ('input')."""
+    """One layer's hook point: hook `module`'s output (kind='output') or its input ('input');
+    `transform`, if set, turns what the hook sees into the site's activations."""
 
     layer: int
     module: nn.Module
     kind: str
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModule]:
@@ -100,10 +123,40 @@ def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModul
             out.append(SiteModule(i, _get(mlp, spec.down), "input"))
         else:  # gate, or down_in of a plain MLP, which is the same tensor (dropout is off in eval)
             out.append(SiteModule(i, _get(mlp, spec.act), "output"))
+    _check_distinct(out, model_type, site)
+    return out
+
+
+def vllm_site_modules(model: nn.Module, model_type: str, site: str, act: Callable) -> tuple[list[SiteModule], int]:
+    """The hook points of a vLLM model on one tensor-parallel rank, and this rank's d_ff slice.
+
+    `down_in` is the down projection's input. `gate` is act(gate) recomputed from the merged
+    projection's output [gate | up], in the model's dtype as vLLM's fused act-and-mul computes it
+    (`act`: the model config's hidden_act); the model's own fused op runs on the untouched output."""
+    spec = vllm_spec(model_type)
+    check_site(site)
+    blocks = _get(model, spec.layers)
+    d_local = int(_get(_get(blocks[0], spec.mlp), spec.down).input_size_per_partition)
+
+    def gate(out):
+        y = out[0] if isinstance(out, tuple) else out          # vLLM linears return (y, bias)
+        return act(y.reshape(-1, y.shape[-1])[:, :d_local])
+
+    out = []
+    for i, block in enumerate(blocks):
+        mlp = _get(block, spec.mlp)
+        if site == "down_in":
+            out.append(SiteModule(i, _get(mlp, spec.down), "input"))
+        else:
+            out.append(SiteModule(i, _get(mlp, spec.vllm_gate_up), "output", gate))
+    _check_distinct(out, model_type, site)
+    return out, d_local
+
+
+def _check_distinct(out: list[SiteModule], model_type: str, site: str) -> None:
     if len({id(s.module) for s in out}) != len(out):
         raise RuntimeError(f"{model_type}: layers share one {site} module, so hooks could not tell "
                            "layers apart; this model build is not supported")
-    return out
 
 
 SILU_MODULES = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU modules

@@ -18,6 +18,7 @@ import torch
 import xarray as xr
 
 from langneurons.profiler import sites
+from langneurons.profiler.devices import resolve_device
 
 
 @contextmanager
@@ -87,8 +88,7 @@ def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, revision=revision).to(dev).eval()
     mt = model.config.model_type

@@ -52,6 +52,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,12 +88,106 @@ TRAILING_DIMS: dict[str, tuple[str, ...]] = {
     "n_nonfinite": ("layer", "neuron"),
 }
 
-#: Root attributes every complete store carries (plain JSON).
+#: A language code: ASCII letters, digits, '-' and '_' (`pt-BR`, `zho_Hans`), at most 64 long.
+#: Codes are coordinate values and name files of exports and plots, so '/', '..', spaces and the
+#: like never pass.
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LANGUAGE_CODE_RULE = "use ASCII letters, digits, '-' and '_' only (e.g. en, pt-BR, zho_Hans), at most 64 characters"
+
+
+def language_code_ok(code: object) -> bool:
+    return isinstance(code, str) and _CODE.match(code) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """The model facts recorded with the results. Workers report the ones they actually loaded,
+    and a worker whose facts differ from the store's is refused (`model_mismatch`)."""
+
+    model: str              # path or hub id as given
+    fingerprint: str        # identifies the weights (profiler.backends.base.model_fingerprint)
+    architecture: str       # config.model_type
+    n_layers: int
+    d_ff: int
+    dtype: str              # torch dtype name the forward pass ran in
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusFacts:
+    """The corpus as the store records it."""
+
+    source: str
+    languages: tuple[str, ...]
+    fingerprint: str
+    n_sentences: int
+
+
+#: What makes two runs the same store, and so what a resumed run must match exactly. Built by
+#: `identity` from three sources and nothing else: the counting section of the config (every
+#: field of `config.CountingConfig`, which is exactly what changes the numbers), the model the
+#: workers loaded, and the corpus.
+IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "max_length",
+                                      "batch_tokens", "shard_size")
+IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "architecture": "architecture",
+                                  "dtype": "dtype"}     # identity key -> ModelInfo field
+IDENTITY_CORPUS: dict[str, str] = {"languages": "languages", "corpus_fingerprint": "fingerprint",
+                                   "n_sentences": "n_sentences"}  # identity key -> CorpusFacts field
+
+
+def identity(counting: dict, info: ModelInfo, corpus: CorpusFacts) -> dict:
+    """The identity record (plain JSON) of a run: see IDENTITY_*."""
+    if set(counting) != set(IDENTITY_COUNTING):
+        raise ValueError(f"internal: the counting config has {sorted(counting)}, the schema expects "
+                         f"{sorted(IDENTITY_COUNTING)}")
+    out = {"schema_version": SCHEMA_VERSION}
+    out.update({k: getattr(info, f) for k, f in IDENTITY_MODEL.items()})
+    out.update({k: counting[k] for k in IDENTITY_COUNTING})
+    out.update({k: getattr(corpus, f) for k, f in IDENTITY_CORPUS.items()})
+    return json.loads(canonical_json(out))
+
+
+def model_mismatch(expected: ModelInfo, got: ModelInfo) -> str | None:
+    """How the model a worker loaded (`got`) differs from the one the store was made for, or None.
+    The path may differ (another node mounts it elsewhere); the facts may not."""
+    keys = ("fingerprint", "architecture", "n_layers", "d_ff", "dtype")
+    diff = [f"{k}: the store has {getattr(expected, k)!r}, the worker loaded {getattr(got, k)!r}"
+            for k in keys if getattr(expected, k) != getattr(got, k)]
+    return "; ".join(diff) or None
+
+
+def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: str | None, backend: str,
+               config: dict, run_only: list[str], versions: dict[str, str], version: str) -> dict:
+    """The root attributes a run states before any array exists (the writer adds the layout and
+    `state`). Provenance fields repeat identity values at the top level for people and xarray."""
+    return {
+        "langneurons_version": version,
+        "model": info.model,
+        "revision": revision,
+        "model_fingerprint": info.fingerprint,
+        "architecture": info.architecture,
+        "site": ident["site"],
+        "threshold": ident["threshold"],
+        "dtype": info.dtype,
+        "backend": backend,
+        "languages": list(corpus.languages),
+        "corpus": corpus.source,
+        "corpus_fingerprint": corpus.fingerprint,
+        "n_sentences": corpus.n_sentences,
+        "include_special_tokens": ident["include_special_tokens"],
+        "config": config,
+        "run_only_config_fields": sorted(run_only),
+        "versions": versions,
+    }
+
+
+#: Root attributes of a complete store: `root_attrs`, then what the writer adds at creation and
+#: at completion (`completed`).
 ATTRS: tuple[str, ...] = (
-    "langneurons_store", "schema_version", "langneurons_version", "model", "revision",
-    "model_fingerprint", "architecture", "n_layers", "d_ff", "site", "threshold", "dtype", "backend",
-    "languages", "corpus", "corpus_fingerprint", "n_sentences", "include_special_tokens", "config",
-    "identity", "bin_edges", "n_shards", "versions", "created", "state", "complete", "checksum",
+    "langneurons_version", "model", "revision", "model_fingerprint", "architecture", "site", "threshold",
+    "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "include_special_tokens",
+    "config", "run_only_config_fields", "versions",
+    "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
+    "created", "completed", "schema_version", "checksum",
 )
 #: Root attributes a writer may change after creation (each change re-seals the checksum).
 MUTABLE_ATTRS: tuple[str, ...] = ("state", "complete", "completed", "checksum")

@@ -1,7 +1,7 @@
 """Create, resume and fill a results store, exactly once per shard (see schema.py for the layout).
 
 Exactly-once protocol:
-1. the driver, holding the store's lock (`location.StoreLock`), creates the store: the root
+1. the driver, holding the store's lock (`store.lock.StoreLock`), creates the store: the root
    attributes first (identity, `state: creating`), then every array, its coordinates and the
    `committed` markers (all written, zeros included), then `state: profiling`;
 2. whoever profiles shard i writes its partial chunks (each variable's chunk i), then its
@@ -30,13 +30,13 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from langneurons.corpus import Shard
+from langneurons.shards import Shard
 from langneurons.store import schema
 from langneurons.store.chunks import ChunkDamaged, missing_chunks, read_checked, short
 from langneurons.store.location import (
-    MARKER, Kind, Location, StoreLocationError, StoreLock, foreign_message, inspect, remove_store, removable,
-    resolve,
+    MARKER, Kind, Location, StoreLocationError, foreign_message, inspect, remove_store, removable, resolve,
 )
+from langneurons.store.lock import StoreLock
 from langneurons.store.schema import ALL_VARS, DTYPES, TRAILING_DIMS, Stats
 
 log = logging.getLogger(__name__)

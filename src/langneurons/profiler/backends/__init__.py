@@ -7,16 +7,16 @@ from langneurons.profiler.backends.base import Backend, ModelInfo
 
 
 def make_backend(cfg: ProfileConfig) -> Backend:
-    """The backend `cfg.backend` names, loaded (heavy imports happen only here)."""
-    if cfg.backend == "hf":
+    """The backend `--backend` names, loaded (heavy imports happen only here)."""
+    if cfg.backend.name == "hf":
         from langneurons.profiler.backends.hf import HFBackend
 
         return HFBackend(cfg)
-    if cfg.backend == "vllm":
+    if cfg.backend.name == "vllm":
         from langneurons.profiler.backends.vllm import VLLMBackend
 
         return VLLMBackend(cfg)
-    raise ValueError(f"unknown backend {cfg.backend!r}")
+    raise ValueError(f"unknown backend {cfg.backend.name!r}")
 
 
 __all__ = ["Backend", "ModelInfo", "make_backend"]

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from langneurons.store.schema import Stats
+from langneurons.store.schema import ModelInfo, Stats  # noqa: F401  (ModelInfo: re-exported)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    model: str              # path or hub id as given
-    fingerprint: str        # identifies the weights (see model_fingerprint)
-    architecture: str       # config.model_type
-    n_layers: int
-    d_ff: int
-    dtype: str              # torch dtype name actually used
 
 
 class Backend(Protocol):
@@ -31,6 +20,14 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Free the model and its device memory."""
+
+
+def describe(model: str, revision: str | None, architecture: str, n_layers: int, d_ff: int,
+             dtype: str, fingerprint: str | None = None) -> ModelInfo:
+    """The ModelInfo of a model (the driver's view before loading, or a worker's after): the one
+    place it is built."""
+    return ModelInfo(model=model, fingerprint=fingerprint or model_fingerprint(model, revision),
+                     architecture=architecture, n_layers=n_layers, d_ff=d_ff, dtype=dtype)
 
 
 def model_fingerprint(model: str, revision: str | None = None) -> str:

@@ -7,31 +7,17 @@ from typing import Sequence
 
 import torch
 
-from langneurons.config import ProfileConfig
+from langneurons.config import BackendConfig, ProfileConfig
 from langneurons.kernels.dispatch import get_accumulate, get_fused, resolve
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import fused, hooks, sites, tokens
-from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.profiler.backends.base import describe
+from langneurons.profiler.devices import dtype_name, placement
 from langneurons.store.schema import Stats
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[dtype]
-
-
-def load_model(cfg: ProfileConfig, device: torch.device, dtype: torch.dtype):
+def load_model(cfg: BackendConfig, device: torch.device, dtype: torch.dtype):
     """Load (tokenizer, model) in eval mode on `device`; the architecture must be in the sites table."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -54,27 +40,22 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, cfg: ProfileConfig):
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        dtype = resolve_dtype(cfg.dtype, self.device)
-        self.tokenizer, self.model = load_model(cfg, self.device, dtype)
+        self.counting = counting = cfg.counting
+        b = cfg.backend
+        self.device, dtype = placement(b.device, b.dtype)
+        self.tokenizer, self.model = load_model(b, self.device, dtype)
         arch = self.model.config.model_type
-        self.sites = sites.site_modules(self.model, arch, cfg.site)
-        self.info = ModelInfo(
-            model=cfg.model,
-            fingerprint=model_fingerprint(cfg.model, cfg.revision),
-            architecture=arch,
-            n_layers=len(self.sites),
-            d_ff=sites.ffn_width(self.model, arch),
-            dtype=str(dtype).removeprefix("torch."),
-        )
-        self.max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(self.model.config),
+        self.sites = sites.site_modules(self.model, arch, counting.site)
+        # what this process actually loaded (the parameters' dtype, not what was asked for)
+        self.info = describe(b.model, b.revision, arch, len(self.sites), sites.ffn_width(self.model, arch),
+                             dtype_name(next(self.model.parameters()).dtype))
+        self.max_length = tokens.resolve_max_length(counting.max_length, tokens.position_limit(self.model.config),
                                                     "hf", quiet=True)
-        self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, cfg.bin_edges,
-                                     cfg.threshold, self.device)
-        self.kernel = resolve(cfg.kernel, self.device)
+        self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, counting.bin_edges,
+                                     counting.threshold, self.device)
+        self.kernel = resolve(b.kernel, self.device)
         # --fused-mlp: the MLPs whose forward the fused kernel stands in for (else hooks)
-        self.mlps = sites.fusable_mlps(self.model, arch) if cfg.fused_mlp else None
+        self.mlps = sites.fusable_mlps(self.model, arch) if b.fused_mlp else None
         if self.mlps and self.kernel == "triton":  # it may only stand in for the MLP if exact here
             from langneurons.kernels import triton_fused
             for act in {type(m.act_fn): m.act_fn for m in self.mlps}.values():
@@ -82,20 +63,20 @@ class HFBackend:
         self.state = hooks.HookState(self.acc, get_accumulate(self.kernel, self.device),
                                      compact=self.kernel == "reference" and self.mlps is None,
                                      fuse=get_fused(self.kernel, self.device) if self.mlps else None,
-                                     site=cfg.site)
+                                     site=counting.site)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:  # padded positions are masked out, so any id will do
             self.pad_id = self.tokenizer.eos_token_id or 0
 
     @torch.inference_mode()
     def profile(self, sentences: Sequence[str]) -> Stats:
-        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
+        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
                             max_length=self.max_length)
         self.acc.zero_()
         installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))
         with installed:
-            for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.cfg.batch_tokens):
+            for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.counting.batch_tokens):
                 ids, attn, lang = self._pad([enc.input_ids[i] for i in batch], [enc.counted[i] for i in batch])
                 self.state.set_batch(lang.reshape(-1), self.device)
                 self.acc.count_tokens(self.state.token_lang)

@@ -26,9 +26,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from langneurons.config import ProfileConfig
-from langneurons.profiler import tokens
+from langneurons.profiler import sites, tokens
 from langneurons.profiler.backends import vllm_worker
-from langneurons.profiler.backends.base import ModelInfo, model_fingerprint
+from langneurons.profiler.backends.base import describe
+from langneurons.profiler.devices import dtype_name, placement
 from langneurons.store.schema import NEURON_VARS, Stats
 
 log = logging.getLogger(__name__)
@@ -85,23 +86,22 @@ class VLLMBackend:
         vllm = _import_vllm()
         from transformers import AutoConfig, AutoTokenizer
 
-        self.cfg = cfg
-        kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-        mcfg = AutoConfig.from_pretrained(cfg.model, **kw)
+        b, self.counting = cfg.backend, cfg.counting
+        kw = dict(revision=b.revision, trust_remote_code=b.trust_remote_code)
+        mcfg = AutoConfig.from_pretrained(b.model, **kw)
         self.model_type = mcfg.model_type
-        if self.model_type not in vllm_worker.VLLM_SITES:
-            raise ValueError(f"the vLLM backend supports {sorted(vllm_worker.VLLM_SITES)}, not "
-                             f"{self.model_type!r}; use --backend hf for this model")
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, **kw)
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if _has_cuda() else "float32")
+        sites.vllm_spec(self.model_type)  # one architecture table for both backends
+        self.tokenizer = AutoTokenizer.from_pretrained(b.model, **kw)
+        dtype = dtype_name(placement(b.device, b.dtype)[1])
         # The prompt may use every position but one: vLLM needs a position for the sampled token.
-        self.max_length = tokens.resolve_max_length(cfg.max_length, tokens.position_limit(mcfg), "vllm", quiet=True)
-        budget = max(cfg.batch_tokens, self.max_length)
+        self.max_length = tokens.resolve_max_length(self.counting.max_length, tokens.position_limit(mcfg), "vllm",
+                                                    quiet=True)
+        budget = max(self.counting.batch_tokens, self.max_length)
         with insecure_serialization():  # the engine's processes start here, and keep the switch
             self.llm = vllm.LLM(
-                model=cfg.model, tokenizer=cfg.model, revision=cfg.revision, dtype=dtype,
-                trust_remote_code=cfg.trust_remote_code, tensor_parallel_size=cfg.vllm_tensor_parallel,
-                gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                model=b.model, tokenizer=b.model, revision=b.revision, dtype=dtype,
+                trust_remote_code=b.trust_remote_code, tensor_parallel_size=b.tensor_parallel,
+                gpu_memory_utilization=b.gpu_memory_utilization,
                 enable_prefix_caching=False, enable_chunked_prefill=False,
                 max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
                 max_num_seqs=max(1, min(256, budget)),
@@ -113,16 +113,16 @@ class VLLMBackend:
                                "corrupt the counts. Refusing to profile")
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
         self._pattern: tuple[int, int] | None = None
+        c = self.counting
         self.install = functools.partial(  # kept: uninstall + install gives a hook-free engine back
-            vllm_worker.install, model_type=self.model_type, site=cfg.site, threshold=cfg.threshold,
-            edges=list(cfg.bin_edges), n_prefix=0, n_suffix=0, kernel=cfg.kernel)
+            vllm_worker.install, model_type=self.model_type, site=c.site, threshold=c.threshold,
+            edges=list(c.bin_edges), kernel=b.kernel, act=activation_name(mcfg))
         ranks = self._apply(self.install)
-        n_layers = ranks[0][0]
-        self.kernel = ranks[0][2]  # every rank runs on the same kind of device
+        self.kernel = ranks[0]["kernel"]  # every rank runs on the same kind of device
         log.info("vLLM workers reduce with the %s kernel", self.kernel)
-        self.info = ModelInfo(model=cfg.model, fingerprint=model_fingerprint(cfg.model, cfg.revision),
-                              architecture=self.model_type, n_layers=n_layers,
-                              d_ff=sum(d for _, d, _ in ranks), dtype=dtype)
+        # what the workers actually loaded, as they report it
+        self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
+                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"])
 
     def _apply(self, fn):
         with insecure_serialization():
@@ -136,7 +136,7 @@ class VLLMBackend:
     def profile(self, sentences: Sequence[str]) -> Stats:
         from vllm.inputs import TokensPrompt
 
-        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.cfg.include_special_tokens,
+        enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
                             max_length=self.max_length)
         self._set_pattern(special_pattern(enc.counted))
         self._apply(vllm_worker.start)
@@ -161,7 +161,10 @@ class VLLMBackend:
             del self.llm
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def activation_name(model_config) -> str:
+    """The MLP activation the model config names (transformers' ACT2FN key)."""
+    name = getattr(model_config, "hidden_act", None) or getattr(model_config, "hidden_activation", None)
+    if not isinstance(name, str):
+        raise ValueError("the model config names no MLP activation (hidden_act); the vLLM backend needs it to "
+                         "recompute the gate site: use --site down_in or --backend hf")
+    return name

@@ -8,7 +8,7 @@ how many instructions it issues per activation value, the static cost model behi
 design. Pointers and strides are specialised as 16-byte aligned, as Triton does at launch for
 d_ff a multiple of 16 (every real model's).
 
-`python -m langneurons.kernels.ptx` prints the summaries as JSON. Must run without TRITON_INTERPRET.
+`python tools/ptx.py` prints the summaries as JSON. Must run without TRITON_INTERPRET.
 """
 
 from __future__ import annotations

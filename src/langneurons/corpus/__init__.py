@@ -1,0 +1,28 @@
+"""Read and validate parallel corpora.
+
+A corpus is N aligned rows x L languages: row i of every language says the same thing. Formats,
+one module each:
+
+- textdir: a directory with one UTF-8 `<code>.txt` per language, aligned by line. An `ids.txt`
+  beside them, if present, gives the row ids (one per line; so "ids" is not a language code
+  here). Other files (README.md, LICENSE.md, hidden files) are ignored.
+- tsv:     a header row of language codes, then one tab-separated row per sentence (no quoting).
+- jsonl:   one object per line, `{"<code>": "<text>", ...}`, the same keys on every line.
+- tmx:     TMX 1.4 files, plain or inside .zip archives, joined across files on `tuid`.
+
+`parallel` holds the corpus and `load_corpus`; `checks` the validation every format shares.
+Shard planning is `langneurons.shards` (the store records the plan without reading corpora).
+
+Every sentence has its surrounding whitespace stripped, so one corpus reads identically from any
+format (and so from any `fingerprint()`), and must not be empty. Only the selected languages are
+read and checked. Lines are split on "\\n" alone: `str.splitlines` also splits on U+2028, U+0085
+and form feeds, which occur inside real sentences and would silently shift the alignment.
+
+Every bad input raises `CorpusError` on one line (the CLI prints it as is) with the file, the
+1-based line (or TMX tuid) and what to do about it.
+"""
+
+from langneurons.corpus.checks import CorpusError, check_code
+from langneurons.corpus.parallel import ParallelCorpus, demo_corpus_path, load_corpus
+
+__all__ = ["CorpusError", "ParallelCorpus", "check_code", "demo_corpus_path", "load_corpus"]

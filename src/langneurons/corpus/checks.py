@@ -1,0 +1,101 @@
+"""Corpus validation shared by every format: the error type, language codes, language selection,
+row ranges, and reading UTF-8 text files line by line without shifting alignment."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+from langneurons.store.schema import LANGUAGE_CODE_RULE, language_code_ok
+
+_BOM = "\ufeff"
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read as asked; the message names the file, the line and the fix."""
+
+
+def check_code(code: str, where: str) -> str:
+    """A language code as the store schema allows it (`store.schema.language_code_ok`)."""
+    if not language_code_ok(code):
+        raise CorpusError(f"{where}: invalid language code {code!r}; {LANGUAGE_CODE_RULE}")
+    return code
+
+
+def check_unique(codes: Sequence[str], where: str) -> None:
+    # BCP 47 tags are case-insensitive: 'en' and 'EN' are one language given twice.
+    seen: dict[str, str] = {}
+    for c in codes:
+        if c.casefold() in seen:
+            also = ("" if seen[c.casefold()] == c else
+                    f" (also given as {seen[c.casefold()]!r}; codes are case-insensitive)")
+            raise CorpusError(f"{where}: duplicate language code {c!r}{also}; give each language once")
+        seen[c.casefold()] = c
+
+
+def requested_codes(languages: Sequence[str] | None) -> tuple[str, ...] | None:
+    if languages is None:
+        return None
+    if isinstance(languages, str):
+        raise CorpusError(f"languages must be a list of codes such as ['en', 'fr'], got the string "
+                          f"{languages!r}")
+    req = tuple(languages)
+    if not req:
+        raise CorpusError("languages is empty; give at least one code, or None for all")
+    for c in req:
+        check_code(c, "languages")
+    check_unique(req, "languages")
+    return req
+
+
+def choose(available: tuple[str, ...], requested: tuple[str, ...] | None, where: str) -> tuple[str, ...]:
+    if requested is None:
+        return available
+    for c in requested:
+        if c not in available:
+            near = [a for a in available if a.casefold() == c.casefold()]
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise CorpusError(f"{where}: language {c!r} is not in the corpus{hint}; available: "
+                              f"{', '.join(available)}")
+    return requested
+
+
+def check_range(start: int, max_sentences: int | None, where: str) -> None:
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise CorpusError(f"{where}: start must be an integer >= 0, got {start!r}")
+    if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int)
+                                      or max_sentences < 1):
+        raise CorpusError(f"{where}: max_sentences must be an integer >= 1 (or None for all rows), "
+                          f"got {max_sentences!r}")
+
+
+
+def read_lines(path: pathlib.Path) -> list[str]:
+    """The file's lines, decoded as UTF-8 (a leading BOM and CRLF endings allowed); a final
+    newline ends the last line rather than starting an empty one."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorpusError(f"{path}:{line}: invalid UTF-8 ({data[e.start:e.end]!r} at byte {e.start}); "
+                          "re-encode the file as UTF-8, e.g. `iconv -f <its encoding> -t UTF-8`") from None
+    text = text.removeprefix(_BOM)
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    lines = [ln.removesuffix("\r") for ln in lines]
+    for i, ln in enumerate(lines, start=1):
+        if "\r" in ln:  # old Mac line endings (CR only) would read a whole file as one sentence
+            raise CorpusError(f"{path}:{i}: a carriage return (\\r) that does not end a line; the file has "
+                              "old Mac (CR-only) line endings or a stray \\r inside a sentence. Convert it "
+                              "to \\n line endings, e.g. `tr '\\r' '\\n' < in > out`, or remove the \\r")
+    return lines
+
+
+def local_tag(tag: object) -> str:
+    # Tags are "{namespace}name" when a namespace is declared; TMX readers should not care.
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
