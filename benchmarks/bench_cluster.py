@@ -112,7 +112,7 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     cfg = cfg.replace(max_length=max_length)
     loc = resolve(out)
     with StoreLock(loc) as lock:  # a store for the workers to open
-        open_store(cfg, loc, lock, info, corpus_facts(corpus), plan_shards(corpus, cfg.counting.shard_size))
+        open_store(cfg, loc, lock, info, corpus_facts(cfg, corpus), plan_shards(corpus, cfg.counting.shard_size))
     res: dict[str, list[float]] = {"inproc": [], "ray_actor": []}
     actor_cls = ray.remote(WorkerActor).options(num_cpus=1)
     for _ in range(repeats):

@@ -21,6 +21,7 @@ RUNS = [  # (script, args): together under 20 minutes on a 2-core CPU
     ("bench_overhead.py", ["--repeats", "9"]),
     ("bench_cpu_kernel.py", []),  # the CPU kernel candidates on one block
     ("bench_store.py", ["--languages", "8"]),
+    ("bench_corpus.py", []),  # streamed corpora: rows/s and memory
     ("bench_cluster.py", []),
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
     ("bench_kernel_code.py", []),  # the kernels' sm_90 machine code, read without a GPU
@@ -97,6 +98,17 @@ def table() -> str:
                     f"{d['worker_start_s']['inproc']['median']:.1f} s in-process, paid once per worker); "
                     f"Ray start {d['ray_init_s']:.1f} s once per run. 2 workers x 1 thread: "
                     f"x{d['speedup_2w_1t_vs_1w_1t']:.2f} vs 1 x 1, x{d['speedup_2w_1t_vs_1w_2t']:.2f} vs 1 x 2."]
+        out.append("")
+    cp = load("corpus.json")
+    if cp:
+        out += [f"### Streamed corpora ({cp['rows']:,} rows per layout, one language; {cp['machine']['cpu']})", "",
+                "| layout | count with | open rows/s | count rows/s | read by shards rows/s | peak memory growth |",
+                "|---|---|---|---|---|---|"]
+        for k, r in cp["results"].items():
+            kind, mode = k.split("/")
+            out.append(f"| {kind} | {'SmolLM2 tokenizer' if mode == 'tokenizer' else 'characters'} | "
+                       f"{r['open_rows_per_s']:,.0f} | {r['count_rows_per_s']:,.0f} | "
+                       f"{r['read_shards_rows_per_s']:,.0f} | {r['peak_growth_mb']:.1f} MB |")
         out.append("")
     s = load("store.json")
     if s:

@@ -15,6 +15,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path
 
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Triton reads TRITON_INTERPRET once, when it is imported, and importing transformers imports it:
+# on a machine without CUDA every test module must see the interpreter, whichever imports first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

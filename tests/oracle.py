@@ -3,8 +3,51 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from langneurons.profiler import sites
 from langneurons.store.schema import NEURON_VARS
+
+
+def sequence_activations(path, seqs, site):
+    """(counted tokens, per layer [tokens, d_ff] float64 activations of the counted tokens) of
+    `seqs` = [(input_ids, counted mask)], each run alone from position 0 (no padding), recomputed
+    from each MLP's input with the architecture's own formula, not through langneurons' hooks."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import ACT2FN
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    spec = sites.arch_spec(model.config.model_type)
+    blocks = sites._get(model, spec.layers)
+    cfg = model.config
+    act = ACT2FN[getattr(cfg, "hidden_activation", None) or cfg.hidden_act] if spec.gated else None
+    captured = {}
+    handles = []
+    for i, block in enumerate(blocks):
+        mlp = sites._get(block, spec.mlp)
+        if spec.gated:
+            def pre(m, args, i=i):
+                h = args[0]
+                g = act(m.gate_proj(h))
+                captured[i] = g if site == "gate" else g * m.up_proj(h)
+            handles.append(mlp.register_forward_pre_hook(pre))
+        else:  # plain MLP: the input of the down projection
+            def pre(m, args, i=i):
+                captured[i] = args[0]
+            handles.append(sites._get(mlp, spec.down).register_forward_pre_hook(pre))
+    per_layer = [[] for _ in blocks]
+    n_tokens = 0
+    with torch.no_grad():
+        for ids, keep in seqs:
+            keep = torch.tensor(keep, dtype=torch.bool)
+            model(input_ids=torch.tensor([ids]))
+            n_tokens += int(keep.sum())
+            for i in range(len(blocks)):
+                a = captured[i].reshape(-1, captured[i].shape[-1])  # OPT flattens [B, S] itself
+                per_layer[i].append(a[keep].double().numpy())
+    for h in handles:
+        h.remove()
+    return n_tokens, [np.concatenate(a) for a in per_layer]
 
 
 def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 import zarr  # noqa: E402
-from fixtures import start_cli, wait_for_commits  # noqa: E402
+from fixtures import SENTENCES, start_cli, wait_for_commits  # noqa: E402
 
 from langneurons.cli import main  # noqa: E402
 from langneurons.cluster.driver import ShardFailed  # noqa: E402
@@ -180,6 +180,20 @@ def test_worker_that_loaded_another_dtype_is_refused(model, corpus, local_ray, t
                                            r"\(dtype: the store has 'bfloat16', the worker loaded 'float32'\)"):
         profile(cfg(model, corpus, out, workers=2), progress=False)
     assert not committed(out).any()
+
+
+def test_budgeted_monolingual_corpus_on_two_workers_equals_in_process(model, local_ray, tmp_path):
+    """Rows of a streamed monolingual corpus are read by the driver as each shard is submitted; the
+    budget's cut is made before any worker starts, so worker count does not change what is counted."""
+    d = tmp_path / "mono"
+    d.mkdir()
+    (d / "en.txt").write_text("\n".join(SENTENCES["en"] * 3) + "\n\n")
+    (d / "ru.jsonl").write_text("".join(f'{{"text": "{t}"}}\n' for t in SENTENCES["ru"] * 2), encoding="utf-8")
+    kw = dict(unaligned=True, max_tokens_per_language=40)
+    profile(cfg(model, str(d), tmp_path / "one.zarr", **kw), progress=False)
+    s = profile(cfg(model, str(d), tmp_path / "two.zarr", workers=2, **kw), progress=False)
+    assert 0 < s.rows["en"] < 12 and s.rows["ru"] <= 8
+    assert_identical(arrays(tmp_path / "one.zarr"), arrays(tmp_path / "two.zarr"))
 
 
 def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, faults):

@@ -27,7 +27,7 @@ def test_identity_is_counting_section_plus_model_and_corpus():
     assert RUN_ONLY_FIELDS == {s.flag for s in SPECS.values() if s.section != "counting"}
     info = schema.ModelInfo(model="/m", fingerprint="sha256:x", architecture="llama", n_layers=2, d_ff=8,
                             dtype="float32")
-    corpus = schema.CorpusFacts(source="c", languages=("en", "fr"), fingerprint="sha256:c", n_sentences=3)
+    corpus = schema.CorpusFacts(source="c", languages=("en", "fr"), fingerprint="sha256:c", rows={"en": 3, "fr": 3})
     ident = schema.identity(dataclasses.asdict(ProfileConfig().counting), info, corpus)
     assert set(ident) == ({"schema_version"} | set(schema.IDENTITY_MODEL) | set(schema.IDENTITY_COUNTING)
                           | set(schema.IDENTITY_CORPUS))

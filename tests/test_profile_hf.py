@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from fixtures import SENTENCES, make_tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.activations import ACT2FN
+from transformers import AutoTokenizer
 
 from langneurons.config import ProfileConfig
-from oracle import reference_stats_numpy
+from oracle import reference_stats_numpy, sequence_activations
 from langneurons.profiler import sites
 from langneurons.profiler.backends.hf import HFBackend
 
@@ -27,41 +25,13 @@ def models(tmp_path_factory):
 def oracle_activations(path, sentences, site, include_special):
     """Per layer, [tokens, d_ff] activations of the counted tokens, one sentence at a time (no
     padding), recomputed from each MLP's input with the architecture's own formula."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    spec = sites.arch_spec(model.config.model_type)
-    blocks = sites._get(model, spec.layers)
-    cfg = model.config
-    act = ACT2FN[getattr(cfg, "hidden_activation", None) or cfg.hidden_act] if spec.gated else None
-    captured = {}
-    handles = []
-    for i, block in enumerate(blocks):
-        mlp = sites._get(block, spec.mlp)
-        if spec.gated:
-            def pre(m, args, i=i):
-                h = args[0]
-                g = act(m.gate_proj(h))
-                captured[i] = g if site == "gate" else g * m.up_proj(h)
-            handles.append(mlp.register_forward_pre_hook(pre))
-        else:  # plain MLP: the input of the down projection
-            def pre(m, args, i=i):
-                captured[i] = args[0]
-            handles.append(sites._get(mlp, spec.down).register_forward_pre_hook(pre))
-    per_layer = [[] for _ in blocks]
-    n_tokens = 0
-    with torch.no_grad():
-        for s in sentences:
-            enc = tok(s, return_special_tokens_mask=True, return_tensors="pt")
-            keep = torch.ones_like(enc.input_ids[0], dtype=torch.bool) if include_special \
-                else enc.special_tokens_mask[0] == 0
-            model(input_ids=enc.input_ids)
-            n_tokens += int(keep.sum())
-            for i in range(len(blocks)):
-                a = captured[i].reshape(-1, captured[i].shape[-1])  # OPT flattens [B, S] itself
-                per_layer[i].append(a[keep].double().numpy())
-    for h in handles:
-        h.remove()
-    return n_tokens, [np.concatenate(a) for a in per_layer]
+    seqs = []
+    for s in sentences:
+        enc = tok(s, return_special_tokens_mask=True)
+        keep = [include_special or not m for m in enc["special_tokens_mask"]]
+        seqs.append((enc["input_ids"], keep))
+    return sequence_activations(path, seqs, site)
 
 
 @pytest.mark.parametrize("site", ["gate", "down_in"])

@@ -85,6 +85,13 @@ def world(tmp_path_factory) -> World:
         for f, data in files.items():
             (root / name / f).write_bytes(data)
     (root / "slash.tsv").write_text("en\t../fr\nhello\tbonjour\n", encoding="utf-8")
+    (root / "pair.tsv").write_text("en\tfr\nhello\tbonjour\n", encoding="utf-8")
+    (root / "mono").mkdir()
+    (root / "mono" / "en.jsonl").write_text('{"text": "hello"}\n{"txt": "no text field"}\n', encoding="utf-8")
+    (root / "mono" / "fr.txt").write_text("bonjour\n\n" + "le chien " * 40 + "\n", encoding="utf-8")
+    (root / "ragged").mkdir()
+    (root / "ragged" / "en.jsonl").write_text('{"text": "hello"}\n{"text": "dog"}\n', encoding="utf-8")
+    (root / "ragged" / "fr.txt").write_text("bonjour\n", encoding="utf-8")
     (root / "slash.jsonl").write_text('{"en": "hi", "fr/x": "salut"}\n', encoding="utf-8")
     (root / "unknown.yaml").write_text("modle: x\n")
     (root / "nan.yaml").write_text("threshold: .nan\n")
@@ -204,6 +211,14 @@ CASES = [
     Case("corpus-missing", P(lambda w: "--corpus", lambda w: str(w.root / "nope_corpus"), corpus=None), ("nope_corpus", "no such file")),
     Case("corpus-tsv-code-path", P(corpus="slash.tsv"), ("slash.tsv:1", "'../fr'", "ASCII letters")),
     Case("corpus-jsonl-code-path", P(corpus="slash.jsonl"), ("slash.jsonl:1", "'fr/x'")),
+    Case("unaligned-one-file", P("--unaligned", corpus="pair__tsv"), ("pair.tsv", "--unaligned reads a directory", "drop --unaligned")),
+    Case("unaligned-missing-field", P("--unaligned", corpus="mono"), ("en.jsonl:2", '"text"', "--text-field")),
+    Case("per-language-ragged", P(corpus="ragged"), ("different row counts", "'en': 2", "'fr': 1", "--unaligned")),
+    Case("budget-zero", P("--max-tokens-per-language", "0"), ("--max-tokens-per-language must be >= 1",)),
+    Case("budget-below-first-row", P("--unaligned", "--languages", "fr", "--max-tokens-per-language", "1", corpus="ragged"),
+         ("first row of 'fr'", "--max-tokens-per-language 1", "raise the budget")),
+    Case("long-documents-refuse", P("--unaligned", "--languages", "fr", "--long-documents", "refuse", "--max-length", "16",
+                                    corpus="mono"), ("fr row 2", "more than --max-length 16", "--long-documents window")),
     # --- other commands -------------------------------------------------------------------------
     Case("score-foreign", lambda w: [w.home], ("home", "not a langneurons results store"), command="score"),
     Case("score-missing", lambda w: [str(w.root / "nothing.zarr")], ("nothing.zarr", "does not exist"), command="score"),

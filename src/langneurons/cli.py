@@ -121,6 +121,9 @@ def cmd_profile(args) -> int:
     summary = profile(cfg, progress=not args.no_progress)
     print(f"wrote {summary.out}: {summary.n_shards} shards ({summary.n_skipped} already committed), "
           f"{summary.n_tokens:,} tokens in {summary.seconds:.1f}s ({summary.tokens_per_s:,.0f} tok/s)")
+    if summary.tokens is not None:  # counted before profiling: a budget, or a streamed corpus
+        for lang, n in summary.tokens.items():
+            print(f"  {lang}: {summary.rows[lang]:,} rows, {n:,} counted tokens")
     return 0
 
 
@@ -166,7 +169,8 @@ def cmd_info(args) -> int:
               "complete (totals checked)" if a.get("complete") else "INCOMPLETE (resume with --resume)")
     print(f"{args.results}: {status}")
     for k in ("model", "architecture", "model_fingerprint", "site", "threshold", "dtype", "backend",
-              "corpus", "n_sentences", "corpus_fingerprint", "created", "langneurons_version"):
+              "corpus", "n_sentences", "rows_per_language", "tokens_per_language", "max_tokens_per_language",
+              "corpus_fingerprint", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")
     if ds is not None:
         print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))

@@ -35,7 +35,8 @@ Site = Literal["gate", "down_in"]
 BackendName = Literal["hf", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Kernel = Literal["auto", "reference", "triton", "numba"]
-CorpusFormat = Literal["auto", "textdir", "tsv", "jsonl", "tmx"]
+CorpusFormat = Literal["auto", "textdir", "tsv", "jsonl", "tmx", "parquet", "arrow"]
+LongDocuments = Literal["window", "truncate", "refuse"]
 
 SITES: tuple[str, ...] = typing.get_args(Site)
 KERNELS: tuple[str, ...] = typing.get_args(Kernel)
@@ -123,12 +124,22 @@ def check_section(section: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class CorpusConfig:
-    corpus: str | None = opt(None, """Parallel corpus: a directory of <lang>.txt, a .tsv, a .jsonl, or
-        .tmx/.zip files (comma-separated). None: the bundled TICO-19 demo corpus.""")
-    format: CorpusFormat = opt("auto", "Corpus format: auto, textdir, tsv, jsonl or tmx.", flag="corpus_format")
+    corpus: str | None = opt(None, """The corpus: a directory of per-language files or folders (<lang>.txt,
+        <lang>.jsonl, <lang>.parquet, <lang>/*.parquet, <lang>/ saved with datasets' save_to_disk), a .tsv, a
+        .jsonl, a .parquet or save_to_disk folder with one column per language, or .tmx/.zip files
+        (comma-separated). None: the bundled TICO-19 demo corpus.""")
+    format: CorpusFormat = opt("auto", "Corpus format: auto, textdir, tsv, jsonl, tmx, parquet or arrow.",
+                               flag="corpus_format")
     languages: list[str] | None = opt(None, "Languages to profile (default: all in the corpus).")
-    max_sentences: int | None = opt(None, "Profile at most this many aligned sentences per language (the first N).",
-                                    min=1)
+    max_sentences: int | None = opt(None, "Profile at most the first N rows per language.", min=1)
+    unaligned: bool = opt(False, """Monolingual corpora: each language's rows are its own (any number,
+        nothing aligned), read as a stream; empty rows are skipped. The corpus must be a directory of
+        per-language files or folders.""")
+    max_tokens_per_language: int | None = opt(None, """Token budget: profile, per language, the longest
+        prefix of rows whose counted tokens sum to at most N (the same rows whatever the workers or
+        resumes; reported per language and recorded in the results).""", min=1)
+    text_field: str = opt("text", "The text field of per-language .jsonl rows, and the text column of "
+                                  "per-language Parquet/Arrow files.")
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -152,9 +163,12 @@ class CountingConfig:
     bin_edges: list[float] = opt(doc="Histogram edges (strictly increasing); the outer bins are open-ended.",
                                  factory=lambda: list(DEFAULT_EDGES))
     include_special_tokens: bool = opt(False, "Also count tokenizer-added special tokens (BOS/EOS). Padding never counts.")
-    max_length: int | None = opt(None, """Truncate sentences longer than this many tokens (the truncation is
-        logged). Default: 512, or the model's position limit if lower; more than the model's limit is refused.""",
-                                 min=1)
+    max_length: int | None = opt(None, """Longest sequence fed to the model, in tokens; longer rows are
+        handled by --long-documents. Default: 512, or the model's position limit if lower; more than the
+        model's limit is refused.""", min=1)
+    long_documents: LongDocuments = opt("window", """A row longer than --max-length: 'window' profiles it as
+        consecutive windows (each its own forward pass from position 0, with the tokenizer's special tokens;
+        every text token counted once), 'truncate' cuts it, 'refuse' stops before anything runs.""")
     # batch_tokens changes float sums in the last bits (batch composition), and a resumed run
     # promises totals bit-identical to an uninterrupted one; shard_size fixes the partials.
     batch_tokens: int = opt(8192, "Token budget per forward pass (padded tokens included).", min=1)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
-from langneurons.corpus import ParallelCorpus, load_corpus
+from langneurons.corpus import Budgeted, Corpus, StreamCorpus, open_corpus
 from langneurons.profiler.backends.base import describe, model_fingerprint
 from langneurons.shards import Shard, plan_shards
 from langneurons.store import schema
@@ -32,6 +32,8 @@ class RunSummary:
     n_skipped: int        # already committed when the run started (resume)
     n_tokens: int         # tokens profiled by this run
     seconds: float
+    rows: dict[str, int] | None = None     # rows profiled per language (the whole store)
+    tokens: dict[str, int] | None = None   # counted tokens per language, when counted before profiling
 
     @property
     def tokens_per_s(self) -> float:
@@ -52,12 +54,42 @@ def with_defaults(cfg: ProfileConfig) -> ProfileConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
-def read_corpus(cfg: ProfileConfig) -> ParallelCorpus:
+def read_corpus(cfg: ProfileConfig) -> Corpus:
+    """The corpus as cfg.corpus describes it: read whole, or opened as a stream (`corpus.open_corpus`)."""
     c = cfg.corpus
     path: str | list[str] = c.corpus
     if "," in c.corpus:
         path = [p.strip() for p in c.corpus.split(",") if p.strip()]
-    return load_corpus(path, format=c.format, languages=c.languages, max_sentences=c.max_sentences)
+    return open_corpus(path, format=c.format, languages=c.languages, max_sentences=c.max_sentences,
+                       unaligned=c.unaligned, text_field=c.text_field)
+
+
+def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
+    """The corpus with every row's counted tokens, cut to --max-tokens-per-language if given
+    (`corpus.Budgeted`), or unchanged when nothing asks for token counts. Counted here, before a
+    store exists, with exactly the backends' own rule (`profiler.tokens.counted_tokens`): a budget
+    needs them, --long-documents refuse checks every row, and a streamed corpus gets shards of even
+    token counts."""
+    from transformers import AutoTokenizer
+
+    from langneurons.profiler import tokens
+
+    need = (cfg.corpus.max_tokens_per_language is not None or cfg.counting.long_documents == "refuse"
+            or isinstance(corpus, StreamCorpus))
+    if not need:
+        return corpus
+    b, k = cfg.backend, cfg.counting
+    tok = AutoTokenizer.from_pretrained(b.model, revision=b.revision, trust_remote_code=b.trust_remote_code)
+
+    def count(texts: list[str], wheres: list[str]) -> list[int]:
+        return tokens.counted_tokens(tok, texts, include_special_tokens=k.include_special_tokens,
+                                     max_length=max_length, long_documents=k.long_documents, where=wheres)
+
+    t0 = time.perf_counter()
+    out = Budgeted(corpus, count, cfg.corpus.max_tokens_per_language)
+    log.info("counted tokens in %.1f s: %s", time.perf_counter() - t0,
+             ", ".join(f"{c} {out.n_rows(c):,} rows {out.n_tokens(c):,} tokens" for c in out.languages))
+    return out
 
 
 def check_model_path(model: str) -> None:
@@ -133,9 +165,12 @@ def _first_line(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
-def corpus_facts(corpus: ParallelCorpus) -> CorpusFacts:
-    return CorpusFacts(source=corpus.source, languages=corpus.languages, fingerprint=corpus.fingerprint(),
-                       n_sentences=len(corpus))
+def corpus_facts(cfg: ProfileConfig, corpus: Corpus) -> CorpusFacts:
+    counted = isinstance(corpus, Budgeted)
+    return CorpusFacts(source=corpus.source, languages=tuple(corpus.languages), fingerprint=corpus.fingerprint(),
+                       rows={c: corpus.n_rows(c) for c in corpus.languages}, aligned=corpus.aligned,
+                       tokens={c: corpus.n_tokens(c) for c in corpus.languages} if counted else None,
+                       max_tokens_per_language=cfg.corpus.max_tokens_per_language)
 
 
 def open_store(cfg: ProfileConfig, loc: Location, lock: StoreLock, info: ModelInfo, corpus: CorpusFacts,
@@ -182,9 +217,13 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
             cfg = worker_config(cfg, session.gpu)
         info, max_length = model_info(cfg, in_process=session is None)
         cfg = cfg.replace(max_length=max_length)  # workers use the resolved value
+        corpus = count_tokens(cfg, corpus, max_length)
+        if isinstance(corpus, Budgeted):
+            stack.callback(corpus.close)
         shards = plan_shards(corpus, cfg.counting.shard_size)
+        facts = corpus_facts(cfg, corpus)
         lock = stack.enter_context(StoreLock(loc))
-        store = open_store(cfg, loc, lock, info, corpus_facts(corpus), shards)
+        store = open_store(cfg, loc, lock, info, facts, shards)
         done = store.committed()
         todo = [sh for sh in shards if not done[sh.index]]
         if s.resume:
@@ -195,10 +234,11 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
         else:
             n_tokens = _run_in_process(cfg, corpus, todo, expected=info, progress=progress)
         store.finalize()
-    return RunSummary(s.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0)
+    return RunSummary(s.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0,
+                      rows=dict(facts.rows), tokens=facts.tokens)
 
 
-def _run_in_process(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, expected: ModelInfo,
+def _run_in_process(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, expected: ModelInfo,
                     progress: bool) -> int:
     from langneurons.cluster.progress import ShardProgress
     from langneurons.cluster.worker import Worker
@@ -214,7 +254,7 @@ def _run_in_process(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard
                                "refusing its counts")
         with ShardProgress(todo, enabled=progress) as bar:
             for shard in todo:
-                r = worker.run_shard(shard, corpus.sentences[shard.language][shard.start:shard.stop])
+                r = worker.run_shard(shard, corpus.rows(shard.language, shard.start, shard.stop))
                 n_tokens += r.n_tokens
                 bar.update(shard, r.n_tokens)
     finally:

@@ -63,7 +63,7 @@ from typing import Any
 from langneurons.cluster.actor import WorkerActor
 from langneurons.cluster.progress import ShardProgress
 from langneurons.config import ProfileConfig
-from langneurons.corpus import ParallelCorpus
+from langneurons.corpus import Corpus
 from langneurons.shards import Shard
 from langneurons.store.schema import ModelInfo, model_mismatch
 
@@ -84,7 +84,7 @@ class WorkerMismatch(RuntimeError):
     """A worker loaded a different model (or dtype) than the store records."""
 
 
-def run_shards(cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, gpu: bool, expected: ModelInfo,
+def run_shards(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bool, expected: ModelInfo,
                on_ready=None, progress: bool = True) -> int:
     """Profile `todo` on cfg's workers in the connected Ray session; the tokens of the shards done."""
     if not todo:
@@ -117,7 +117,7 @@ class _Slot:
 
 
 class _Scheduler:
-    def __init__(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, gpu: bool,
+    def __init__(self, cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bool,
                  expected: ModelInfo, on_ready=None):
         import ray
 
@@ -202,7 +202,7 @@ class _Scheduler:
             if s.inflight >= IN_FLIGHT:
                 return
             shard = self.queue.popleft()
-            sentences = self.corpus.sentences[shard.language][shard.start:shard.stop]
+            sentences = self.corpus.rows(shard.language, shard.start, shard.stop)  # read now: bounded memory
             self.tasks[s.handle.run_shard.remote(shard, sentences)] = (shard, s, s.life)
             s.inflight += 1
 

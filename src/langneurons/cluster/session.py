@@ -25,7 +25,7 @@ from langneurons.cluster.actor import cpu_cores
 from langneurons.cluster.driver import run_shards
 from langneurons.cluster.reaper import Reaper
 from langneurons.config import ProfileConfig
-from langneurons.corpus import ParallelCorpus
+from langneurons.corpus import Corpus
 from langneurons.shards import Shard
 from langneurons.store.schema import ModelInfo
 
@@ -60,7 +60,7 @@ class RaySession:
             if self.reaper is not None:
                 self.reaper.close()
 
-    def run(self, cfg: ProfileConfig, corpus: ParallelCorpus, todo: list[Shard], *, expected: ModelInfo,
+    def run(self, cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, expected: ModelInfo,
             progress: bool = True) -> int:
         """Profile `todo` on the workers; returns the tokens of the shards completed. `cfg` is the
         workers' config (`worker_config`); a worker whose model differs from `expected` is refused."""

@@ -9,8 +9,16 @@ one module each:
 - tsv:     a header row of language codes, then one tab-separated row per sentence (no quoting).
 - jsonl:   one object per line, `{"<code>": "<text>", ...}`, the same keys on every line.
 - tmx:     TMX 1.4 files, plain or inside .zip archives, joined across files on `tuid`.
+- parquet / arrow: a Parquet file, or a folder written by `datasets`' save_to_disk, with one
+  string column per language (`tables`).
 
-`parallel` holds the corpus and `load_corpus`; `checks` the validation every format shares.
+These are read whole (test sets). Per-language files or folders (`<code>.jsonl`, `<code>.parquet`,
+`<code>/*.parquet`, `<code>/` from save_to_disk, or `<code>.txt` with --unaligned) are streamed in
+bounded memory, aligned or monolingual (`stream`, `sources`); `budget` cuts any corpus to a
+per-language token budget. `open_corpus` picks the reader.
+
+`parallel` holds the in-memory corpus, `load_corpus` and `open_corpus`; `checks` the validation
+every format shares.
 Shard planning is `langneurons.shards` (the store records the plan without reading corpora).
 
 Every sentence has its surrounding whitespace stripped, so one corpus reads identically from any
@@ -23,6 +31,30 @@ Every bad input raises `CorpusError` on one line (the CLI prints it as is) with 
 """
 
 from langneurons.corpus.checks import CorpusError, check_code
-from langneurons.corpus.parallel import ParallelCorpus, demo_corpus_path, load_corpus
+from collections.abc import Iterator
+from typing import Protocol
 
-__all__ = ["CorpusError", "ParallelCorpus", "check_code", "demo_corpus_path", "load_corpus"]
+from langneurons.corpus.budget import Budgeted
+from langneurons.corpus.parallel import ParallelCorpus, demo_corpus_path, load_corpus, open_corpus
+from langneurons.corpus.stream import StreamCorpus
+
+
+
+class Corpus(Protocol):
+    """What a run reads of any corpus (ParallelCorpus, StreamCorpus, Budgeted)."""
+
+    languages: tuple[str, ...]
+    source: str
+    aligned: bool
+
+    def n_rows(self, language: str) -> int: ...
+
+    def iter_rows(self, language: str, start: int = 0, stop: int | None = None) -> Iterator[str]: ...
+
+    def rows(self, language: str, start: int, stop: int) -> list[str]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+__all__ = ["Corpus", "Budgeted", "CorpusError", "ParallelCorpus", "StreamCorpus", "check_code", "demo_corpus_path",
+           "load_corpus", "open_corpus"]

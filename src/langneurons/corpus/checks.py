@@ -3,10 +3,11 @@ row ranges, and reading UTF-8 text files line by line without shifting alignment
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from langneurons.store.schema import LANGUAGE_CODE_RULE, language_code_ok
+from langneurons.store.schema import LANGUAGE_CODE_RULE, language_code_ok  # noqa: F401  (re-exported)
 
 _BOM = "\ufeff"
 
@@ -99,3 +100,47 @@ def local_tag(tag: object) -> str:
     # Tags are "{namespace}name" when a namespace is declared; TMX readers should not care.
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
+
+
+def aligned_fingerprint(languages: Sequence[str], n_rows: int, rows: Callable[[str], Iterable[str]]) -> str:
+    """sha256 over the language codes and every row, language by language (`rows(code)` may
+    stream). Each string is length-prefixed so no two different corpora hash the same bytes
+    (joining with a separator would let ("a\\tb",) and ("a", "b") collide). Row ids and the source
+    are left out: the same text read from another format or path is the same corpus."""
+    h = hashlib.sha256(b"langneurons-corpus-v1\0")
+
+    def put(s: str) -> None:
+        b = s.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    h.update(len(languages).to_bytes(8, "little"))
+    h.update(n_rows.to_bytes(8, "little"))
+    for code in languages:
+        put(code)
+    for code in languages:
+        for s in rows(code):
+            put(s)
+    return "sha256:" + h.hexdigest()
+
+
+def row_hasher(code: str):
+    """The digest of one language's rows, fed one row at a time by `hash_row`."""
+    h = hashlib.sha256(b"langneurons-rows-v1\0")
+    h.update(code.encode() + b"\0")
+    return h
+
+
+def hash_row(h, s: str) -> None:
+    b = s.encode("utf-8")  # length-prefixed, so no two row lists hash the same bytes
+    h.update(len(b).to_bytes(8, "little"))
+    h.update(b)
+
+
+def monolingual_fingerprint(parts: Sequence[tuple[str, int, str]]) -> str:
+    """The fingerprint of per-language rows from (code, rows, row digest) in corpus order."""
+    h = hashlib.sha256(b"langneurons-corpus-v2\0")
+    h.update(len(parts).to_bytes(8, "little"))
+    for code, n, digest in parts:
+        h.update(f"{code}\0{n}\0{digest}\0".encode())
+    return "sha256:" + h.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from collections.abc import Sequence
@@ -10,8 +9,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from langneurons.config import FORMATS
-from langneurons.corpus.checks import CorpusError, check_range, check_unique, choose, requested_codes, check_code
-from langneurons.corpus import jsonl, textdir, tmx, tsv
+from langneurons.corpus.checks import CorpusError, aligned_fingerprint, check_range, check_unique, choose, requested_codes, check_code
+from langneurons.corpus import jsonl, tables, textdir, tmx, tsv
+from langneurons.corpus.stream import StreamCorpus, is_language_dir
 
 
 @dataclass(frozen=True, repr=False)
@@ -46,8 +46,20 @@ class ParallelCorpus:
                 raise CorpusError(f"{self.source}: {code!r} has {len(self.sentences[code])} sentences "
                                   f"but there are {len(self.ids)} row ids; every language needs one per row")
 
+    aligned = True  # the rows of every language say the same thing
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    # The interface every corpus offers the run (stream.StreamCorpus and budget.Budgeted too).
+    def n_rows(self, language: str) -> int:
+        return len(self.ids)
+
+    def iter_rows(self, language: str, start: int = 0, stop: int | None = None):
+        return iter(self.sentences[language][start:stop])
+
+    def rows(self, language: str, start: int, stop: int) -> list[str]:
+        return list(self.sentences[language][start:stop])
 
     def __repr__(self) -> str:  # the default would print every sentence
         return (f"ParallelCorpus(languages={self.languages!r}, rows={len(self)}, "
@@ -60,21 +72,7 @@ class ParallelCorpus:
         with a separator would let ("a\\tb",) and ("a", "b") collide). Row ids and the source are
         left out: the same text read from another format or path is the same corpus.
         """
-        h = hashlib.sha256(b"langneurons-corpus-v1\0")
-
-        def put(s: str) -> None:
-            b = s.encode("utf-8")
-            h.update(len(b).to_bytes(8, "little"))
-            h.update(b)
-
-        h.update(len(self.languages).to_bytes(8, "little"))
-        h.update(len(self).to_bytes(8, "little"))
-        for code in self.languages:
-            put(code)
-        for code in self.languages:
-            for s in self.sentences[code]:
-                put(s)
-        return "sha256:" + h.hexdigest()
+        return aligned_fingerprint(self.languages, len(self), lambda c: self.sentences[c])
 
     def select(self, languages: Sequence[str] | None = None, max_sentences: int | None = None,
                start: int = 0) -> ParallelCorpus:
@@ -91,6 +89,28 @@ class ParallelCorpus:
                               ids=self.ids[start:stop], source=self.source)
 
 
+def open_corpus(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str = "auto",
+                languages: Sequence[str] | None = None, max_sentences: int | None = None,
+                unaligned: bool = False, text_field: str = "text") -> "ParallelCorpus | StreamCorpus":
+    """The corpus at `path`: per-language files and folders are streamed (`stream.StreamCorpus`,
+    aligned or, with `unaligned`, monolingual); every other layout is read whole (`load_corpus`)."""
+    paths = _as_paths(path)
+    p = paths[0]
+    streamed = (len(paths) == 1 and p.is_dir() and not _is_table_dir(p)
+                and (unaligned or format == "parquet" or (format == "auto" and is_language_dir(p))))
+    if streamed:
+        check_range(0, max_sentences, str(p))
+        return StreamCorpus(p, unaligned=unaligned, languages=languages, max_sentences=max_sentences,
+                            field=text_field)
+    if unaligned:
+        raise CorpusError(f"{', '.join(map(str, paths))}: --unaligned reads a directory of per-language files or "
+                          "folders (<code>.txt, <code>.jsonl, <code>.parquet, <code>/); this is one file with "
+                          "all languages, which is aligned input: drop --unaligned")
+    return load_corpus(paths, format=format, languages=languages, max_sentences=max_sentences)
+
+
+def _is_table_dir(p: pathlib.Path) -> bool:
+    return (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
 
 
 def load_corpus(path: str | os.PathLike | Sequence[str | os.PathLike], *, format: str = "auto",
@@ -105,7 +125,7 @@ def load_corpus(path: str | os.PathLike | Sequence[str | os.PathLike], *, format
     for p in paths:
         if not p.exists():
             raise CorpusError(f"{p}: no such file or directory; give a directory of <code>.txt files, "
-                              "a .tsv, a .jsonl, or .tmx/.zip files")
+                              "a .tsv, a .jsonl, a .parquet, or .tmx/.zip files")
     fmt = _detect_format(paths) if format == "auto" else format
     if fmt not in FORMATS:
         raise CorpusError(f"format={format!r} is not a corpus format; use one of {', '.join(FORMATS)}")
@@ -118,6 +138,8 @@ def load_corpus(path: str | os.PathLike | Sequence[str | os.PathLike], *, format
         langs, sents, ids = tsv.read(paths[0], requested)
     elif fmt == "jsonl":
         langs, sents, ids = jsonl.read(paths[0], requested)
+    elif fmt in ("parquet", "arrow"):
+        langs, sents, ids = tables.read(paths[0], requested, fmt)
     else:
         langs, sents, ids = tmx.read(paths, requested)
     if not ids:
@@ -137,9 +159,6 @@ def demo_corpus_path() -> pathlib.Path:
     return p
 
 
-
-
-
 def _as_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
     if isinstance(path, (str, os.PathLike)):
         return [pathlib.Path(path)]
@@ -154,7 +173,9 @@ def _detect_format(paths: list[pathlib.Path]) -> str:
     for p in paths:
         name = p.name.lower()
         if p.is_dir():
-            kinds.append("textdir")
+            kinds.append("arrow" if _is_table_dir(p) else "textdir")
+        elif name.endswith(".parquet"):
+            kinds.append("parquet")
         elif name.endswith(".tsv"):
             kinds.append("tsv")
         elif name.endswith(".jsonl"):

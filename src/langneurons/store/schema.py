@@ -114,12 +114,20 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class CorpusFacts:
-    """The corpus as the store records it."""
+    """The corpus as the store records it: the rows profiled per language (all equal for aligned
+    input), and, when a budget or a streamed corpus had them counted, the tokens per language."""
 
     source: str
     languages: tuple[str, ...]
-    fingerprint: str
-    n_sentences: int
+    fingerprint: str            # covers exactly the rows profiled
+    rows: dict[str, int]
+    aligned: bool = True
+    tokens: dict[str, int] | None = None
+    max_tokens_per_language: int | None = None
+
+    @property
+    def n_sentences(self) -> int:
+        return max(self.rows.values())
 
 
 #: What makes two runs the same store, and so what a resumed run must match exactly. Built by
@@ -127,11 +135,12 @@ class CorpusFacts:
 #: field of `config.CountingConfig`, which is exactly what changes the numbers), the model the
 #: workers loaded, and the corpus.
 IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "max_length",
-                                      "batch_tokens", "shard_size")
+                                      "long_documents", "batch_tokens", "shard_size")
 IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "architecture": "architecture",
                                   "dtype": "dtype"}     # identity key -> ModelInfo field
 IDENTITY_CORPUS: dict[str, str] = {"languages": "languages", "corpus_fingerprint": "fingerprint",
-                                   "n_sentences": "n_sentences"}  # identity key -> CorpusFacts field
+                                   "n_sentences": "n_sentences", "rows_per_language": "rows",
+                                   "aligned": "aligned"}  # identity key -> CorpusFacts field
 
 
 def identity(counting: dict, info: ModelInfo, corpus: CorpusFacts) -> dict:
@@ -173,6 +182,10 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
         "corpus": corpus.source,
         "corpus_fingerprint": corpus.fingerprint,
         "n_sentences": corpus.n_sentences,
+        "rows_per_language": dict(corpus.rows),
+        "aligned": corpus.aligned,
+        "tokens_per_language": None if corpus.tokens is None else dict(corpus.tokens),
+        "max_tokens_per_language": corpus.max_tokens_per_language,
         "include_special_tokens": ident["include_special_tokens"],
         "config": config,
         "run_only_config_fields": sorted(run_only),
@@ -184,7 +197,8 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
 #: at completion (`completed`).
 ATTRS: tuple[str, ...] = (
     "langneurons_version", "model", "revision", "model_fingerprint", "architecture", "site", "threshold",
-    "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "include_special_tokens",
+    "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "rows_per_language",
+    "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens",
     "config", "run_only_config_fields", "versions",
     "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
     "created", "completed", "schema_version", "checksum",

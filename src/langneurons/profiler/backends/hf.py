@@ -71,7 +71,8 @@ class HFBackend:
     @torch.inference_mode()
     def profile(self, sentences: Sequence[str]) -> Stats:
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
-                            max_length=self.max_length)
+                            max_length=self.max_length,
+                            long_documents=self.counting.long_documents)
         self.acc.zero_()
         installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))

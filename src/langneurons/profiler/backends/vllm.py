@@ -2,7 +2,8 @@
 
 - Tokens: the HF tokenizer encodes every sentence (`profiler.tokens.encode`, the same call as the
   HF backend) and vLLM receives the token ids (`TokensPrompt`), so both backends see the same
-  tokens and the same special-token rule (see `vllm_worker` for how positions identify them).
+  tokens, the same windows of long rows (one prompt each) and the same special-token rule (see
+  `vllm_worker` for how positions identify them).
 - Prefill only: `max_tokens=1`; the sampled token is never fed back, so no decode step is counted.
 - Prefix caching is forced off (it would skip computing cached tokens and silently drop counts);
   the engine's resulting config is checked, not assumed. Chunked prefill is off too, and a step's
@@ -137,7 +138,8 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
-                            max_length=self.max_length)
+                            max_length=self.max_length,
+                            long_documents=self.counting.long_documents)
         self._set_pattern(special_pattern(enc.counted))
         self._apply(vllm_worker.start)
         try:
