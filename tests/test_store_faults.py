@@ -30,7 +30,7 @@ SHARD = "2"
 
 def args(model, corpus, out, *extra):
     return ["profile", "--model", model, "--corpus", corpus, "--out", str(out), "--shard-size", SHARD,
-            "--batch-tokens", "64", "--threads-per-worker", "1", "--no-progress", *extra]
+            "--batch-tokens", "64", "--threads-per-worker", "1", "--keep-partials", "all", "--no-progress", *extra]
 
 
 def arrays(path):

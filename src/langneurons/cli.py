@@ -154,12 +154,13 @@ def cmd_info(args) -> int:
             raise RuntimeError(f"{args.results}: {len(rep.problems)} problem(s) found (listed above); "
                                "re-profile, or --resume to profile damaged shards again")
         print(f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state}; totals equal "
-              "the sum of the committed partials)" if rep.state == "complete" else
+              "the sum of the committed partials kept)" if rep.state == "complete" else
               f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state})")
         return 0
     loc, a = store_attrs(args.results)
     problem = schema.attrs_problem(a)
-    ds = xr.open_zarr(loc.zarr_url, consolidated=False) if a.get("schema_version") == schema.SCHEMA_VERSION else None
+    ds = (xr.open_zarr(loc.zarr_url, consolidated=False) if a.get("schema_version") in schema.READABLE_VERSIONS
+          else None)
     if a.get("complete") and not problem:
         try:  # the totals: every chunk present, checksums, counts adding up
             ds = open_results(args.results)
@@ -170,8 +171,11 @@ def cmd_info(args) -> int:
     print(f"{args.results}: {status}")
     for k in ("model", "architecture", "model_fingerprint", "site", "threshold", "dtype", "backend",
               "corpus", "n_sentences", "rows_per_language", "tokens_per_language", "max_tokens_per_language",
-              "corpus_fingerprint", "created", "langneurons_version"):
+              "corpus_fingerprint", "n_shards", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")
+    if a.get("complete"):
+        kept = schema.kept_partials(a)
+        print(f"  {'partials_kept':20s} {a.get('partials_kept') or 'all'} ({', '.join(kept) or 'no variables'})")
     if ds is not None:
         print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     if a.get("complete") and not problem:

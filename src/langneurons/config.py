@@ -29,7 +29,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from langneurons.store.schema import DEFAULT_EDGES, LANGUAGE_CODE_RULE, language_code_ok, validate_edges
+from langneurons.store.schema import (
+    DEFAULT_EDGES, LANGUAGE_CODE_RULE, PARTIAL_MAX_TOKENS, language_code_ok, validate_edges,
+)
 
 Site = Literal["gate", "down_in"]
 BackendName = Literal["hf", "vllm"]
@@ -37,6 +39,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Kernel = Literal["auto", "reference", "triton", "numba"]
 CorpusFormat = Literal["auto", "textdir", "tsv", "jsonl", "tmx", "parquet", "arrow"]
 LongDocuments = Literal["window", "truncate", "refuse"]
+KeepPartials = Literal["counts", "all", "none"]
 
 SITES: tuple[str, ...] = typing.get_args(Site)
 KERNELS: tuple[str, ...] = typing.get_args(Kernel)
@@ -170,12 +173,27 @@ class CountingConfig:
         consecutive windows (each its own forward pass from position 0, with the tokenizer's special tokens;
         every text token counted once), 'truncate' cuts it, 'refuse' stops before anything runs.""")
     # batch_tokens changes float sums in the last bits (batch composition), and a resumed run
-    # promises totals bit-identical to an uninterrupted one; shard_size fixes the partials.
+    # promises totals bit-identical to an uninterrupted one; the shard plan fixes the partials
+    # (and the float order of the totals, which are summed shard by shard).
     batch_tokens: int = opt(8192, "Token budget per forward pass (padded tokens included).", min=1)
-    shard_size: int = opt(128, "Sentences per shard: the unit of scheduling, retry, resume and bootstrap.", min=1)
+    # Shards are the unit of scheduling, retry, resume and bootstrap. The defaults come from
+    # benchmarks/bench_store.py: at 1M tokens an 8B model's shard commits in well under 1% of the
+    # time a GPU takes to profile it, a lost shard costs about half a GPU-minute, and 100M tokens
+    # per language make 100 bootstrap units; small corpora still get min_shards units.
+    shard_tokens: int = opt(1_000_000, """Counted tokens per shard (planned from per-row token counts,
+        taken before the run): each language gets ceil(tokens / N) shards of about equal tokens, at
+        least --min-shards.""", min=1)
+    min_shards: int = opt(32, """At least this many shards per language (fewer only when it has fewer
+        rows), so bootstrap intervals have units to resample.""", min=1)
+    shard_size: int | None = opt(None, """Plan shards by rows instead: this many rows per shard
+        (--shard-tokens and --min-shards are then unused, and no tokens are counted before the run).""",
+        min=1)
 
     def __post_init__(self) -> None:
         check_section(self)
+        if self.shard_tokens > PARTIAL_MAX_TOKENS:
+            raise ValueError(f"--shard-tokens {self.shard_tokens:,} is more than a shard may hold "
+                             f"({PARTIAL_MAX_TOKENS:,}: its counts are stored as int32); give a smaller value")
         if not math.isfinite(self.threshold):
             raise ValueError(f"--threshold {self.threshold} is not a finite number: a neuron fires when its "
                              "activation is > threshold; give e.g. --threshold 0")
@@ -232,6 +250,12 @@ class StoreConfig:
     out: str = opt("results/langneurons.zarr", "Results store: a local path or an fsspec URL (s3://..., gs://...).")
     resume: bool = opt(False, "Continue an interrupted run in `out`, skipping committed shards.")
     overwrite: bool = opt(False, "Delete an existing store at `out` first.")
+    # Measured in benchmarks/bench_store.py: "counts" keeps an 8B x 7 languages x 100M-token
+    # store small (the histograms are most of a partial) and is all bootstrap over LAPE reads.
+    keep_partials: KeepPartials | None = opt(None, """Per-shard partials kept once the run is complete:
+        'counts' (n_tokens, n_fired, n_nonfinite: what bootstrap resamples; the default for a new run),
+        'all' (also sums and histograms, for audit) or 'none'. Until the run completes every partial is
+        kept. A --resume of a complete store keeps what it kept unless this asks for less.""")
 
     def __post_init__(self) -> None:
         if isinstance(self.out, str) and not self.out.strip():

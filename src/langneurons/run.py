@@ -68,14 +68,14 @@ def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
     """The corpus with every row's counted tokens, cut to --max-tokens-per-language if given
     (`corpus.Budgeted`), or unchanged when nothing asks for token counts. Counted here, before a
     store exists, with exactly the backends' own rule (`profiler.tokens.counted_tokens`): a budget
-    needs them, --long-documents refuse checks every row, and a streamed corpus gets shards of even
-    token counts."""
+    needs them, --long-documents refuse checks every row, and shards planned by tokens (the
+    default; a streamed corpus always) need every row's count."""
     from transformers import AutoTokenizer
 
     from langneurons.profiler import tokens
 
     need = (cfg.corpus.max_tokens_per_language is not None or cfg.counting.long_documents == "refuse"
-            or isinstance(corpus, StreamCorpus))
+            or cfg.counting.shard_size is None or isinstance(corpus, StreamCorpus))
     if not need:
         return corpus
     b, k = cfg.backend, cfg.counting
@@ -165,6 +165,15 @@ def _first_line(e: BaseException) -> str:
     return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
+def plan(cfg: ProfileConfig, corpus: Corpus) -> list[Shard]:
+    """The shard plan: by rows with --shard-size, else by counted tokens (`shards.plan_shards`)."""
+    k = cfg.counting
+    bound = dict(max_tokens=schema.PARTIAL_MAX_TOKENS)  # what a shard's int32 partial holds exactly
+    if k.shard_size is not None:
+        return plan_shards(corpus, k.shard_size, **bound)
+    return plan_shards(corpus, shard_tokens=k.shard_tokens, min_shards=k.min_shards, **bound)
+
+
 def corpus_facts(cfg: ProfileConfig, corpus: Corpus) -> CorpusFacts:
     counted = isinstance(corpus, Budgeted)
     return CorpusFacts(source=corpus.source, languages=tuple(corpus.languages), fingerprint=corpus.fingerprint(),
@@ -220,7 +229,7 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
         corpus = count_tokens(cfg, corpus, max_length)
         if isinstance(corpus, Budgeted):
             stack.callback(corpus.close)
-        shards = plan_shards(corpus, cfg.counting.shard_size)
+        shards = plan(cfg, corpus)
         facts = corpus_facts(cfg, corpus)
         lock = stack.enter_context(StoreLock(loc))
         store = open_store(cfg, loc, lock, info, facts, shards)
@@ -233,7 +242,7 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
             n_tokens = session.run(cfg, corpus, todo, expected=info, progress=progress)
         else:
             n_tokens = _run_in_process(cfg, corpus, todo, expected=info, progress=progress)
-        store.finalize()
+        store.finalize(keep=s.keep_partials)
     return RunSummary(s.out, len(shards), len(shards) - len(todo), n_tokens, time.perf_counter() - t0,
                       rows=dict(facts.rows), tokens=facts.tokens)
 

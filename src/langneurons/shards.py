@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -38,39 +40,68 @@ class Sized(Protocol):
 CHUNK = 1 << 20  # token counts are read this many rows at a time (they may be memory-mapped)
 
 
-def plan_shards(corpus: Sized, shard_size: int) -> list[Shard]:
-    """Per language, in corpus order, consecutive row ranges: `ceil(rows / shard_size)` shards.
+def plan_shards(corpus: Sized, shard_size: int | None = None, *, shard_tokens: int | None = None,
+                min_shards: int = 1, max_tokens: int | None = None) -> list[Shard]:
+    """Per language, in corpus order, consecutive row ranges covering every row once.
 
-    Without token counts each holds shard_size rows (the last fewer). With them (a corpus cut to a
-    token budget, or streamed), the same number of shards holds about equal numbers of counted
-    tokens instead, so workers get even work (`_token_bounds`). A pure function of the row (and token) counts,
-    so a resumed run plans the same shards and their indices name the same work.
+    By rows (`shard_size`): `ceil(rows / shard_size)` shards; each holds shard_size rows (the last
+    fewer), or, when the corpus has per-row token counts, the same number of shards holds about
+    equal numbers of counted tokens instead, so workers get even work (`_token_bounds`).
+    By tokens (`shard_tokens`, needs the counts): `max(ceil(tokens / shard_tokens), min_shards)`
+    shards of about equal counted tokens (never more shards than rows).
+    A pure function of the row and token counts, so a resumed run plans the same shards and their
+    indices name the same work. With token counts and `max_tokens`, a shard that would hold more
+    counted tokens than that is refused here, before anything runs.
     """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+    for name, v in (("shard_size", shard_size), ("shard_tokens", shard_tokens), ("min_shards", min_shards)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if (shard_size is None) == (shard_tokens is None):
+        raise ValueError("plan shards either by rows (shard_size) or by tokens (shard_tokens), not both or neither")
     counts_of = getattr(corpus, "token_counts", None)
+    if shard_tokens is not None and counts_of is None:
+        raise ValueError("planning shards by tokens needs the corpus's per-row token counts "
+                         "(corpus.Budgeted); plan by rows (shard_size) instead")
     shards: list[Shard] = []
     for lang in corpus.languages:
         n = corpus.n_rows(lang)
-        bounds = (_token_bounds(counts_of(lang), -(-n // shard_size)) if counts_of is not None
-                  else list(range(0, n, shard_size)) + [n])
+        if shard_tokens is not None:
+            counts = counts_of(lang)
+            total = int(np.sum(counts, dtype=np.int64))
+            bounds = _token_bounds(counts, min(n, max(-(-total // shard_tokens), min_shards)))
+        elif counts_of is not None:
+            bounds = _token_bounds(counts_of(lang), -(-n // shard_size))
+        else:
+            bounds = list(range(0, n, shard_size)) + [n]
+        if max_tokens is not None and counts_of is not None:
+            _check_sizes(lang, counts_of(lang), bounds, max_tokens)
         for start, stop in zip(bounds, bounds[1:]):
             shards.append(Shard(index=len(shards), language=lang, start=start, stop=stop))
     return shards
 
 
-def _token_bounds(counts, n_shards: int) -> list[int]:
-    """Row boundaries [0, ..., n] splitting `counts` into up to n_shards runs of about equal sums:
-    boundary k sits where the running sum comes closest to k/n_shards of the total (every shard
-    keeps at least one row). Streams over the counts CHUNK rows at a time."""
-    import numpy as np
+def _check_sizes(language: str, counts, bounds: list[int], max_tokens: int) -> None:
+    """Refuse a shard holding more than max_tokens counted tokens (reads one shard at a time)."""
+    for start, stop in zip(bounds, bounds[1:]):
+        size = int(np.sum(counts[start:stop], dtype=np.int64))
+        if size > max_tokens:
+            raise ValueError(f"{language}: a shard of rows {start}-{stop} would hold {size:,} counted tokens, more "
+                             f"than a shard may hold ({max_tokens:,}): plan smaller shards (fewer rows with "
+                             "--shard-size, or --shard-tokens)")
 
+
+def _token_bounds(counts, n_shards: int) -> list[int]:
+    """Row boundaries [0, ..., n] splitting `counts` into min(n_shards, n) runs of about equal
+    sums: boundary k sits where the running sum comes closest to k/n_shards of the total, moved
+    just enough that every shard keeps at least one row. Streams over the counts CHUNK rows at a
+    time."""
     n = len(counts)
+    n_shards = min(n_shards, n)
     if n_shards <= 1:
         return [0, n]
     total = int(np.sum(counts, dtype=np.int64))
     if total == 0:  # nothing counted anywhere: rows it is
-        return list(range(0, n, -(-n // n_shards))) + [n]
+        return [j * n // n_shards for j in range(n_shards + 1)]
     bounds, k, running = [0], 1, 0
     for lo in range(0, n, CHUNK):
         cum = running + np.cumsum(np.asarray(counts[lo:lo + CHUNK], dtype=np.int64))
@@ -81,10 +112,8 @@ def _token_bounds(counts, n_shards: int) -> list[int]:
                 break
             before = int(cum[i - 1]) if i > 0 else running      # the running sum without row i
             stop = lo + i if target - before < int(cum[i]) - target else lo + i + 1
-            stop = max(stop, bounds[-1] + 1)
-            if stop >= n:
-                break
-            bounds.append(stop)
+            # every shard keeps a row, and each shard still to come one of its own
+            bounds.append(min(max(stop, bounds[-1] + 1), n - (n_shards - k)))
             k += 1
         running = int(cum[-1])
     bounds.append(n)

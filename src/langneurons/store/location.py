@@ -91,6 +91,10 @@ def resolve(out: str) -> Location:
         except (ImportError, ValueError) as e:
             raise StoreLocationError(f"--out {out}: cannot open this URL ({e}); install the fsspec "
                                      "package for its scheme (e.g. s3fs, gcsfs) or give a local path") from None
+        from fsspec.implementations.local import LocalFileSystem
+
+        if isinstance(fs, LocalFileSystem):  # local://, file:: chains: the local path, with its link checks
+            return Location(out, os.path.abspath(path), None)
         return Location(out, path.rstrip("/"), fs)
     return Location(out, os.path.abspath(out), None)
 
@@ -155,12 +159,12 @@ def read_json_file(path: str) -> Any:
 # --- deleting our own store ----------------------------------------------------------------
 
 
-def _list_files(loc: Location) -> tuple[list[str], list[str], list[str]]:
-    """(files, folders, other) under the store, as paths relative to it. `other`: symlinks and
-    anything that is neither a plain file nor a folder."""
+def _list_files(loc: Location, under: str = "") -> tuple[list[str], list[str], list[str]]:
+    """(files, folders, other) under the store (or its folder `under`), as paths relative to the
+    store. `other`: symlinks and anything that is neither a plain file nor a folder."""
     files, dirs, other = [], [], []
     if loc.local:
-        for root, dnames, fnames in os.walk(loc.path, followlinks=False):
+        for root, dnames, fnames in os.walk(os.path.join(loc.path, under), followlinks=False):
             rel_root = os.path.relpath(root, loc.path)
             rel = (lambda n: n) if rel_root == "." else (lambda n, r=rel_root: f"{r}/{n}".replace(os.sep, "/"))
             for d in dnames:
@@ -170,7 +174,11 @@ def _list_files(loc: Location) -> tuple[list[str], list[str], list[str]]:
                 (files if os.path.isfile(full) and not os.path.islink(full) else other).append(rel(f))
         return files, dirs, other
     base = loc.path.rstrip("/") + "/"
-    for name, info in loc.fs.find(loc.path, withdirs=True, detail=True).items():
+    try:
+        found = loc.fs.find(loc.join(under) if under else loc.path, withdirs=True, detail=True)
+    except FileNotFoundError:
+        found = {}
+    for name, info in found.items():
         rel = name[len(base):] if name.startswith(base) else None
         if not rel:
             continue
@@ -251,6 +259,44 @@ def remove_store(loc: Location) -> int:
 
     Refuses, deleting nothing, when anything under it is not a file langneurons writes."""
     files, dirs = removable(loc)
+    _delete(loc, files, dirs)
+    return len(files)
+
+
+def remove_arrays(loc: Location, arrays: list[str]) -> list[str]:
+    """Delete whole arrays of our store (paths such as "partials/act_hist"), each only if every
+    file under it is one of that array's own (its zarr.json and chunks: no links, no other files,
+    no nested zarr nodes); returns the arrays kept because something else was there. An array
+    whose zarr.json is already gone (an interrupted deletion) leaves only empty folders, which
+    are removed; anything else there keeps it."""
+    kept = []
+    for name in arrays:
+        if loc.local and os.path.realpath(os.path.join(loc.path, name)) != os.path.join(
+                os.path.realpath(loc.path), *name.split("/")):
+            kept.append(name)  # a link somewhere on the way: what it points to is not ours
+            continue
+        files, dirs, other = _list_files(loc, name)
+        nodes = _node_kinds(loc, files)
+        if other or set(nodes) - {name}:
+            kept.append(name)
+            continue
+        if name not in nodes:   # never created, or its zarr.json already deleted
+            if files:
+                kept.append(name)
+            else:
+                _delete(loc, [], dirs + [name])
+            continue
+        if nodes[name][0] != "array" or not all(_is_ours(f, nodes) for f in files) \
+                or not all(_is_our_dir(d, nodes) for d in dirs):
+            kept.append(name)
+            continue
+        # zarr.json last: until it goes, the folder is still recognisably an array of ours
+        _delete(loc, sorted(files, key=lambda f: f.endswith("/zarr.json")), dirs + [name])
+    return kept
+
+
+def _delete(loc: Location, files: list[str], dirs: list[str]) -> None:
+    """Unlink `files`, then remove `dirs` that are empty by then (deepest first)."""
     for f in files:
         if f == LOCK_NAME:
             continue  # the caller holds it
@@ -269,4 +315,3 @@ def remove_store(loc: Location) -> int:
                 loc.fs.rmdir(loc.join(d))
             except (OSError, NotImplementedError):
                 pass
-    return len(files)

@@ -3,7 +3,7 @@
 `open_results` refuses what cannot be trusted: not a langneurons store, edited root attributes
 (their checksum), an incomplete run, a missing or corrupt chunk in the totals (named), counts that
 do not add up. `verify_store` (`langneurons info --verify`) reads every chunk the store should
-hold, partials included, and re-sums the partials against the totals.
+hold, the kept partials included, and re-sums those partials against the totals.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def _check_counts(ds: xr.Dataset, path: str) -> None:
 
 
 def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
-    """Per-shard partial statistics (dim `shard`, coord `shard_language`), e.g. for bootstrap.
+    """Per-shard partial statistics (dim `shard`, coord `shard_language`), e.g. for bootstrap:
+    the variables the store kept (`partials_kept`; int32/float32 in version-3 stores).
 
     With `committed_only` (the default) only committed shards are kept, and their chunks are
     checked (present, checksums intact) and loaded into memory."""
@@ -99,11 +100,20 @@ def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
     problem = schema.attrs_problem(attrs)
     if problem:
         raise ResultsError(f"{path}: {problem}")
+    kept = schema.kept_partials(attrs)
+    if not kept:
+        raise ResultsError(f"{path} kept no shard partials (--keep-partials none): bootstrap and other "
+                           "per-shard analyses need them; re-profile with --keep-partials counts or all")
     ds = xr.open_zarr(loc.zarr_url, group="partials", consolidated=False)
+    ds = ds.drop_vars([v for v in ALL_VARS if v not in kept and v in ds])  # deleted, or being deleted
     if committed_only:
-        keep = np.flatnonzero(ds["committed"].values.astype(bool))
+        done = ds["committed"].values.astype(bool)
+        if attrs.get("complete") and not done.all():
+            raise ResultsError(f"{path} is complete but shard {int(np.flatnonzero(~done)[0])} is not committed "
+                               "(a repair was interrupted): run the same command with --resume to finish it")
+        keep = np.flatnonzero(done)
         g = zarr.open_group(loc.zarr_url, mode="r", zarr_format=3)["partials"]
-        missing = [m for v in ALL_VARS for m in missing_chunks(loc, g[v], keep)]
+        missing = [m for v in kept for m in missing_chunks(loc, g[v], keep)]
         if missing:
             raise ResultsError(f"{path}: committed partials are damaged: {missing[0]}; resume the run "
                                "with --resume to profile damaged shards again")
@@ -112,7 +122,7 @@ def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
             ds = ds.load()
         except Exception:
             for i in keep:
-                for v in ALL_VARS:
+                for v in kept:
                     try:
                         read_checked(g[v], int(i))
                     except ChunkDamaged as e:
@@ -144,8 +154,9 @@ def verify_store(path: str) -> Verification:
     problem = schema.attrs_problem(attrs)
     if problem:
         rep.problems.append(problem)
-        if attrs.get("schema_version") != schema.SCHEMA_VERSION:
+        if attrs.get("schema_version") not in schema.READABLE_VERSIONS:
             return rep
+    kept = schema.kept_partials(attrs) if not problem else ALL_VARS
     g = zarr.open_group(loc.zarr_url, mode="r", zarr_format=3)
     if "partials" not in g:
         rep.problems.append("the partials/ group is missing")
@@ -153,8 +164,8 @@ def verify_store(path: str) -> Verification:
     p = g["partials"]
     size = {"language": len(attrs.get("languages") or []), "layer": attrs.get("n_layers"),
             "neuron": attrs.get("d_ff"), "bin": len(attrs.get("bin_edges") or []) + 1, "shard": attrs.get("n_shards")}
-    for grp, lead in ((g, "language"), (p, "shard")):
-        for v in ALL_VARS:
+    for grp, lead, names in ((g, "language", ALL_VARS), (p, "shard", kept)):
+        for v in names:
             name = f"{grp.path}/{v}".lstrip("/")
             if v not in grp:
                 rep.problems.append(f"array {name!r} is missing")
@@ -172,7 +183,8 @@ def verify_store(path: str) -> Verification:
     complete = bool(attrs.get("complete"))
     # (array, leading indices whose chunks must exist, None: all of them); totals once complete
     expected = [(arr, None) for n, arr in g.arrays() if complete or n not in ALL_VARS]
-    expected += [(arr, np.flatnonzero(committed) if n in ALL_VARS else None) for n, arr in p.arrays()]
+    expected += [(arr, np.flatnonzero(committed) if n in ALL_VARS else None) for n, arr in p.arrays()
+                 if n in kept or n not in ALL_VARS]
     for arr, leads in expected:
         missing = missing_chunks(loc, arr, leads)
         rep.problems += missing
@@ -187,7 +199,7 @@ def verify_store(path: str) -> Verification:
             except Exception as e:
                 rep.problems.append(f"array {arr.path!r} chunk {key!r} is corrupt ({short(e)})")
     if complete and not rep.problems:
-        rep.problems += _totals_match_partials(g, p, committed)
+        rep.problems += _totals_match_partials(g, p, committed, kept)
         try:
             _check_counts(xr.open_zarr(loc.zarr_url, consolidated=False).load(), path)
         except ResultsError as e:
@@ -195,8 +207,9 @@ def verify_store(path: str) -> Verification:
     return rep
 
 
-def _totals_match_partials(g: zarr.Group, p: zarr.Group, committed: np.ndarray) -> list[str]:
-    """The totals must equal the committed partials summed in shard order, bit for bit."""
+def _totals_match_partials(g: zarr.Group, p: zarr.Group, committed: np.ndarray, kept) -> list[str]:
+    """The totals must equal the kept committed partials summed in shard order (in the totals'
+    int64/float64), bit for bit."""
     if not committed.all():
         return [f"the store is marked complete but {int((~committed).sum())} shards are not committed"]
     out = []
@@ -204,11 +217,11 @@ def _totals_match_partials(g: zarr.Group, p: zarr.Group, committed: np.ndarray) 
     shard_lang = [str(x) for x in p["shard_language"][:]]
     for li, lang in enumerate(langs):
         idx = [i for i, s in enumerate(shard_lang) if s == lang]
-        for v in ALL_VARS:
+        for v in kept:
             total = None
             for i in idx:
-                part = p[v][i]
-                total = part.copy() if total is None else total + part
+                part = np.asarray(p[v][i]).astype(schema.DTYPES[v])
+                total = part if total is None else total + part
             if total is None or not np.array_equal(np.asarray(total), g[v][li]):
                 out.append(f"array {v!r} of language {lang!r} differs from the sum of its committed partials")
     return out

@@ -18,8 +18,18 @@ A results store is a Zarr v3 group laid out as::
       n_nonfinite[language, layer, neuron]     int64   NaN/inf activations (excluded from all of the above)
       partials/                    one entry per shard, written by whichever worker ran it
         shard_language[shard], shard_start[shard], shard_stop[shard]   the shard plan
-        n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`)
+        n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`,
+                                   in the narrow PARTIAL_DTYPES: int32 counts, float32 sums)
         committed[shard]           uint8: 1 once every partial chunk of that shard is written
+
+Partials are narrow and bounded. A shard's counts are at most its token count, which the writer
+keeps below 2**31 (PARTIAL_MAX_TOKENS), so int32 holds them exactly; its sums are accumulated in
+float64 while the shard runs and rounded once to float32 when it is committed (relative error at
+most 2**-24 of each shard's sum). Totals are summed from them in int64/float64. Once a run is
+complete, the root attribute `partials_kept` says which partial variables stay for bootstrap and
+audit (KEEP_PARTIALS: "all"; "counts" = n_tokens, n_fired, n_nonfinite; "none"); the others are
+deleted. Until then every partial stays, so `--resume` works as always. Readers use only the
+variables `partials_kept` names.
 
 Every chunk that should exist is written, zeros included (`write_empty_chunks`): coordinates,
 `committed` and the totals always, a shard's partial chunks once it is committed. A missing chunk
@@ -57,7 +67,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # 2: attribute checksum, `state`, every chunk written, the store marker
+SCHEMA_VERSION = 3  # 3: narrow partials, `partials_kept`; 2: attribute checksum, `state`, every chunk written
+#: Versions this langneurons reads (a version-2 store has wide partials, all of them kept).
+READABLE_VERSIONS: tuple[int, ...] = (2, 3)
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -77,6 +89,32 @@ DTYPES: dict[str, np.dtype] = {
     "act_hist": np.dtype("int64"),
     "n_nonfinite": np.dtype("int64"),
 }
+
+#: Per-shard partials as stored: narrow, exact under PARTIAL_MAX_TOKENS (see the module docstring).
+PARTIAL_DTYPES: dict[str, np.dtype] = {
+    "n_tokens": np.dtype("int64"),
+    "n_fired": np.dtype("int32"),
+    "act_sum": np.dtype("float32"),
+    "act_sumsq": np.dtype("float32"),
+    "act_hist": np.dtype("int32"),
+    "n_nonfinite": np.dtype("int32"),
+}
+#: The most counted tokens one shard may hold: every int32 partial count is at most this.
+PARTIAL_MAX_TOKENS = int(np.iinfo(np.int32).max)
+
+#: What `--keep-partials` keeps once a run is complete: the partial variables that stay.
+KEEP_PARTIALS: dict[str, tuple[str, ...]] = {
+    "all": ALL_VARS,
+    "counts": ("n_tokens", "n_fired", "n_nonfinite"),  # what bootstrap over LAPE resamples
+    "none": (),
+}
+
+
+def kept_partials(attrs: dict) -> tuple[str, ...]:
+    """The partial variables a store holds: all of them until the run is complete (and in
+    version-2 stores), then those its `partials_kept` names."""
+    return KEEP_PARTIALS[attrs.get("partials_kept") or "all"]
+
 
 #: Dimension names after the leading `language` (totals) or `shard` (partials) axis.
 TRAILING_DIMS: dict[str, tuple[str, ...]] = {
@@ -135,7 +173,7 @@ class CorpusFacts:
 #: field of `config.CountingConfig`, which is exactly what changes the numbers), the model the
 #: workers loaded, and the corpus.
 IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "max_length",
-                                      "long_documents", "batch_tokens", "shard_size")
+                                      "long_documents", "batch_tokens", "shard_tokens", "min_shards", "shard_size")
 IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "architecture": "architecture",
                                   "dtype": "dtype"}     # identity key -> ModelInfo field
 IDENTITY_CORPUS: dict[str, str] = {"languages": "languages", "corpus_fingerprint": "fingerprint",
@@ -201,10 +239,10 @@ ATTRS: tuple[str, ...] = (
     "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens",
     "config", "run_only_config_fields", "versions",
     "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
-    "created", "completed", "schema_version", "checksum",
+    "partials_kept", "created", "completed", "schema_version", "checksum",
 )
 #: Root attributes a writer may change after creation (each change re-seals the checksum).
-MUTABLE_ATTRS: tuple[str, ...] = ("state", "complete", "completed", "checksum")
+MUTABLE_ATTRS: tuple[str, ...] = ("state", "complete", "completed", "partials_kept", "checksum")
 
 
 def canonical_json(obj) -> bytes:
@@ -229,8 +267,9 @@ def sealed(attrs: dict) -> dict:
 def attrs_problem(attrs: dict) -> str | None:
     """Why these root attributes cannot be trusted, or None."""
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        return (f"schema version {version!r}, but this langneurons reads version {SCHEMA_VERSION}: "
+    if version not in READABLE_VERSIONS:
+        return (f"schema version {version!r}, but this langneurons reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: "
                 "re-profile with this version, or open it with the langneurons that wrote it")
     if "checksum" not in attrs:
         return "the root attributes have no checksum: they were edited, or this is not a complete write"
@@ -263,6 +302,10 @@ def bin_bounds(edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     lower = np.concatenate([[-np.inf], e])
     upper = np.concatenate([e, [np.inf]])
     return lower, upper
+
+
+class PartialOverflow(ValueError):
+    """A shard's statistics that its narrow partial cannot hold."""
 
 
 @dataclass
@@ -302,6 +345,27 @@ class Stats:
         d = {v: getattr(self, v) for v in NEURON_VARS}
         d["n_tokens"] = np.asarray(self.n_tokens, dtype=np.int64)
         return d
+
+    def partial_arrays(self) -> dict[str, np.ndarray]:
+        """The variables as a shard's partial stores them (PARTIAL_DTYPES); PartialOverflow
+        when they would not fit exactly (too many tokens) or at all (a sum beyond float32)."""
+        if self.n_tokens > PARTIAL_MAX_TOKENS:
+            raise PartialOverflow(f"{self.n_tokens:,} counted tokens, more than a shard may hold "
+                                  f"({PARTIAL_MAX_TOKENS:,}, the int32 bound of its counts)")
+        out = {}
+        for v, a in self.arrays().items():
+            a = np.asarray(a)
+            kind = PARTIAL_DTYPES[v]
+            if kind.kind == "i" and a.size and (a.max() > np.iinfo(kind).max or a.min() < np.iinfo(kind).min):
+                raise PartialOverflow(f"{v} holds {int(a.max()):,}, more than {kind} holds, with only "
+                                      f"{self.n_tokens:,} tokens: these statistics are inconsistent")
+            with np.errstate(over="ignore"):  # an overflow is refused just below
+                narrow = a.astype(kind)
+            if kind.kind == "f" and np.isinf(narrow).any() and np.isfinite(a).all():
+                raise PartialOverflow(f"{v} reaches {float(np.abs(a).max()):.3g}, beyond float32's range: the "
+                                      "model's activations are too large for these statistics")
+            out[v] = narrow
+        return out
 
     def equal(self, other: "Stats") -> bool:
         """Bit-for-bit equality (floats compared exactly, as resume guarantees)."""

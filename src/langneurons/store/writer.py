@@ -7,7 +7,11 @@ Exactly-once protocol:
 2. whoever profiles shard i writes its partial chunks (each variable's chunk i), then its
    `committed` chunk i: data first, marker last. A re-run of shard i overwrites only chunks i;
 3. the driver writes the totals once every marker is set, summing partials in shard order, and
-   only then sets `complete`. Totals never depend on who ran what, in which order, how often.
+   only then sets `complete`. Totals never depend on who ran what, in which order, how often;
+4. with `complete` it records `partials_kept` (--keep-partials) and only then deletes the partial
+   variables that are not kept (`remove_arrays`: only files this writer made). An interrupted
+   deletion is finished by the next `--resume` of the complete store; readers never use a
+   variable that is not kept, whether its files are gone yet or not.
 
 Integrity. A committed shard's chunks are checked before they are summed (present, checksum
 intact); a missing or corrupt one is an error naming the array and the chunk. `--resume` checks
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,15 +40,21 @@ from langneurons.shards import Shard
 from langneurons.store import schema
 from langneurons.store.chunks import ChunkDamaged, missing_chunks, read_checked, short
 from langneurons.store.location import (
-    MARKER, Kind, Location, StoreLocationError, foreign_message, inspect, remove_store, removable, resolve,
+    MARKER, Kind, Location, StoreLocationError, foreign_message, inspect, remove_arrays, remove_store, removable,
+    resolve,
 )
 from langneurons.store.lock import StoreLock
-from langneurons.store.schema import ALL_VARS, DTYPES, TRAILING_DIMS, Stats
+from langneurons.store.schema import ALL_VARS, DTYPES, KEEP_PARTIALS, PARTIAL_DTYPES, TRAILING_DIMS, PartialOverflow, Stats
 
 log = logging.getLogger(__name__)
 
 COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # checksum last: it covers the stored bytes
+# Partials are written once per shard, on the workers' time: level 1 halves the time of level 3
+# for 1-2% more bytes (benchmarks/bench_store.py measured both on realistic 8B-shape partials).
+PARTIAL_COMPRESSORS = (ZstdCodec(level=1), Crc32cCodec())
 WRITE_ALL = {"write_empty_chunks": True}           # a zero chunk is written, never left implicit
+FINALIZE_THREADS = 8  # languages summed at once: each holds one language's totals in float64
+DEFAULT_KEEP = "counts"  # --keep-partials when none is given (see config.StoreConfig.keep_partials)
 
 
 class StoreError(RuntimeError):
@@ -54,9 +66,9 @@ def _now() -> str:
 
 
 def _array(g: zarr.Group, name: str, data: np.ndarray | None, shape, dtype, chunks, dims,
-           attributes: dict | None = None) -> zarr.Array:
+           attributes: dict | None = None, compressors=COMPRESSORS) -> zarr.Array:
     a = g.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=list(dims),
-                       compressors=COMPRESSORS, fill_value=0 if dtype != str else "",
+                       compressors=compressors, fill_value=0 if dtype != str else "",
                        attributes=attributes or {}, config=WRITE_ALL)
     if data is not None:
         a[...] = data
@@ -73,7 +85,9 @@ def _chunks(lead: int, dims: tuple[str, ...], n_layers: int, d_ff: int, n_bins: 
 
 
 def _open(loc: Location, mode: str) -> zarr.Group:
-    return zarr.open_group(store=loc.zarr_url, mode=mode, zarr_format=3)
+    """The root group as stored, never through consolidated metadata (which can be stale while a
+    store is written); attributes written through it drop the consolidated copy."""
+    return zarr.open_group(store=loc.zarr_url, mode=mode, zarr_format=3, use_consolidated=False)
 
 
 # --- before anything is created --------------------------------------------------------------
@@ -119,6 +133,8 @@ class ResultsStore:
         self.group = group
         self.partials = group["partials"]
         self.n_shards = int(self.partials["committed"].shape[0])
+        # The partial variables this store holds: all until the run completes (schema.KEEP_PARTIALS)
+        self.kept = schema.kept_partials(dict(group.attrs))
 
     def _arr(self, group: zarr.Group, name: str) -> zarr.Array:
         return group[name].with_config(WRITE_ALL)
@@ -134,7 +150,7 @@ class ResultsStore:
         ins = inspect(loc)
         action = _decide(loc, ins, resume=resume, overwrite=overwrite)
         if action == "resume":
-            return cls._resume(loc, identity)
+            return cls._resume(loc, identity, shards)
         if action == "replace":
             if ins.creating:
                 log.info("%s: replacing a store whose creation never finished", loc.url)
@@ -161,6 +177,7 @@ class ResultsStore:
             "n_shards": len(shards),
             "complete": False,
             "state": "creating",
+            "partials_kept": None,
             "created": _now(),
             "schema_version": schema.SCHEMA_VERSION,
         })
@@ -190,15 +207,18 @@ class ResultsStore:
                 extra = {"coordinates": "bin_lower bin_upper"} if v == "act_hist" else None
                 if grp is p and v == "n_tokens":
                     extra = {"coordinates": "shard_language shard_start shard_stop"}
-                _array(grp, v, None, shape, DTYPES[v], _chunks(1, dims, n_layers, d_ff, n_bins),
-                       (lead,) + dims, extra)
+                dtype, codecs = (DTYPES[v], COMPRESSORS) if grp is g else (PARTIAL_DTYPES[v], PARTIAL_COMPRESSORS)
+                _array(grp, v, None, shape, dtype, _chunks(1, dims, n_layers, d_ff, n_bins),
+                       (lead,) + dims, extra, codecs)
         store = cls(loc, g)
         store._set_attrs(state="profiling")
         return store
 
     @classmethod
-    def _resume(cls, loc: Location, identity: dict[str, Any]) -> "ResultsStore":
-        """Reopen an interrupted run; refuse a store made by another model or config, or edited."""
+    def _resume(cls, loc: Location, identity: dict[str, Any], shards: Sequence[Shard]) -> "ResultsStore":
+        """Reopen an interrupted (or complete) run; refuse a store made by another model, config or
+        shard plan, or edited. Damaged committed partials are profiled again while the store
+        holds every partial; once some were deleted the totals stand, and damage is reported."""
         g = _open(loc, "r+")
         attrs = dict(g.attrs)
         problem = schema.attrs_problem(attrs)
@@ -214,10 +234,30 @@ class ResultsStore:
             raise StoreError(f"cannot resume {loc.url}: it was made with a different model/config ({lines}). "
                              "Use the same settings, or --overwrite / another --out to start afresh")
         store = cls(loc, g)
+        store._check_plan(shards)
         for i, why in store.damaged_shards():
+            if store.kept != ALL_VARS:  # its totals cannot be summed again: they stand as they are
+                log.warning("%s: the kept partial of shard %d is damaged (%s); the totals are intact, but "
+                            "bootstrap needs it: re-profile into a new --out, or restore the store from a copy",
+                            loc.url, i, why)
+                continue
             log.warning("%s: shard %d is committed but damaged (%s): it will be profiled again", loc.url, i, why)
             store._arr(store.partials, "committed")[i] = 0
         return store
+
+    def _check_plan(self, shards: Sequence[Shard]) -> None:
+        """A resumed run must plan the very shards the store recorded: token-planned shards move
+        if the tokenizer changed (the model fingerprint covers config and weights only)."""
+        p = self.partials
+        stored = list(zip(p["shard_language"][:].tolist(), p["shard_start"][:].tolist(), p["shard_stop"][:].tolist()))
+        planned = [(s.language, s.start, s.stop) for s in shards]
+        if stored != planned:
+            first = next((i for i, (a, b) in enumerate(zip(stored, planned)) if a != b), min(len(stored), len(planned)))
+            show = lambda x: "none" if first >= len(x) else "{}:{}-{}".format(*x[first])  # noqa: E731
+            raise StoreError(f"cannot resume {self.url}: this run plans other shards than the store recorded "
+                             f"({len(planned)} vs {len(stored)}; shard {first} is {show(planned)} here, "
+                             f"{show(stored)} in the store). The tokenizer or the corpus rows differ; profile into "
+                             "a new --out (or --overwrite)")
 
     @classmethod
     def open_for_shards(cls, url: str) -> "ResultsStore":
@@ -249,14 +289,19 @@ class ResultsStore:
         """Write shard `index`'s partial, then its commit marker (the last write)."""
         if not 0 <= index < self.n_shards:
             raise IndexError(f"shard {index} is outside the plan of {self.n_shards} shards")
-        for v, arr in stats.arrays().items():
-            self._arr(self.partials, v)[index] = arr
+        try:
+            arrays = stats.partial_arrays()
+        except PartialOverflow as e:
+            raise StoreError(f"shard {index} cannot be stored: {e}. Plan smaller shards (a lower --shard-tokens, "
+                             "or fewer rows with --shard-size) and profile into a new --out") from e
+        for v in self.kept:  # every variable until the run is complete
+            self._arr(self.partials, v)[index] = arrays[v]
         self._arr(self.partials, "committed")[index] = 1
 
-    def _read_partial(self, index: int) -> Stats:
-        """Shard `index`'s partial; a missing or corrupt chunk is a StoreError naming it."""
+    def _read_partial(self, index: int) -> dict[str, np.ndarray]:
+        """Shard `index`'s kept partial variables; a missing or corrupt chunk is a StoreError naming it."""
         out = {}
-        for v in ALL_VARS:
+        for v in self.kept:
             arr = self.partials[v]
             try:
                 missing = missing_chunks(self.loc, arr, [index])
@@ -265,7 +310,7 @@ class ResultsStore:
                 out[v] = read_checked(arr, index)
             except ChunkDamaged as e:
                 raise StoreError(f"{self.url}: shard {index}: {e}") from e
-        return Stats(n_tokens=int(out.pop("n_tokens")), **out)
+        return out
 
     def shard_problem(self, index: int) -> str | None:
         """Why committed shard `index`'s partial cannot be used (a chunk missing or corrupt), or None."""
@@ -280,15 +325,51 @@ class ResultsStore:
         return [(int(i), why) for i in np.flatnonzero(self.committed()) if (why := self.shard_problem(int(i)))]
 
     def read_shard(self, index: int) -> Stats:
+        """Shard `index`'s whole partial (a store whose run is not complete keeps all of it)."""
+        if self.kept != ALL_VARS:
+            raise StoreError(f"internal: {self.url} kept only {', '.join(self.kept) or 'no'} partials")
         try:
-            return self._read_partial(index)
+            out = self._read_partial(index)
+            return Stats(n_tokens=int(out.pop("n_tokens")), **out)
         except StoreError as e:
             raise StoreError(f"{e}: the committed shard is damaged. Run the same command with --resume: "
                              "damaged shards are profiled again") from e
 
     # --- totals (driver) -------------------------------------------------------------------
-    def finalize(self) -> None:
-        """Sum committed partials per language in shard order into the totals; mark complete."""
+    def finalize(self, keep: str | None = None) -> None:
+        """Sum committed partials per language in shard order into the totals (int64/float64),
+        mark the store complete with `partials_kept` (`keep`; None: DEFAULT_KEEP), then delete
+        the partials not kept.
+
+        A store that is already complete (a `--resume` of a finished run) keeps what it kept
+        unless `keep` asks for less (deleted partials cannot come back); its totals are summed
+        again only if it still holds every partial (a damaged one was just profiled again)."""
+        attrs = dict(self.group.attrs)
+        before = (attrs.get("partials_kept") or "all") if attrs.get("complete") else None
+        if before is not None and keep is not None and len(KEEP_PARTIALS[keep]) > len(KEEP_PARTIALS[before]):
+            log.warning("%s: the run was completed with --keep-partials %s; the partials deleted then cannot be "
+                        "restored, so it stays '%s'", self.url, before, before)
+        keep = min(filter(None, (keep, before)), key=lambda k: len(KEEP_PARTIALS[k]), default=DEFAULT_KEEP)
+        if before in (None, "all"):
+            self._sum_totals()
+        # Recorded before anything is deleted (this write also drops the consolidated metadata,
+        # which would still list the arrays about to go): a crash from here on leaves arrays that
+        # every reader ignores, and the next --resume deletes them.
+        self._set_attrs(state="complete", complete=True, partials_kept=keep,
+                        completed=attrs.get("completed") or _now())
+        drop = [f"partials/{v}" for v in ALL_VARS if v not in KEEP_PARTIALS[keep]]
+        for name in remove_arrays(self.loc, drop):
+            log.warning("%s: kept %s: it holds files langneurons did not write", self.url, name)
+        # Consolidated metadata lets `xr.open_zarr(path)` open the finished store in one read
+        # (written after the deletion: it lists exactly the arrays that remain).
+        with warnings.catch_warnings():  # "not yet part of the v3 spec": zarr-python and xarray read it
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(self.loc.zarr_url, zarr_format=3)
+
+    def _sum_totals(self) -> None:
+        """Each language's totals: its committed partials added in shard order into int64/float64.
+        Languages are independent (their own partials, their own totals chunks), so they are
+        summed on up to FINALIZE_THREADS threads (decompression and numpy release the GIL)."""
         done = self.committed()
         if not done.all():
             missing = np.flatnonzero(~done)
@@ -296,20 +377,23 @@ class ResultsStore:
                              f"(first: {missing[:5].tolist()}); resume the run with --resume")
         languages = [str(x) for x in self.group["language"][:]]
         shard_lang = [str(x) for x in self.partials["shard_language"][:]]
-        for li, lang in enumerate(languages):
-            total: Stats | None = None
-            for i in (i for i, s in enumerate(shard_lang) if s == lang):
-                part = self.read_shard(i)
-                total = part if total is None else total.__iadd__(part)
-            if total is None:
-                raise StoreError(f"language {lang} has no shards in the plan")
+        a = self.group.attrs
+        n_layers, d_ff, n_bins = int(a["n_layers"]), int(a["d_ff"]), len(a["bin_edges"]) + 1
+
+        def one(li: int) -> None:
+            idx = [i for i, s in enumerate(shard_lang) if s == languages[li]]
+            if not idx:
+                raise StoreError(f"language {languages[li]} has no shards in the plan")
+            total = Stats.zeros(n_layers, d_ff, n_bins)   # wide: the narrow partials add into it
+            for i in idx:
+                total += self.read_shard(i)
             for v, arr in total.arrays().items():
                 self._arr(self.group, v)[li] = arr
-        self._set_attrs(state="complete", complete=True, completed=_now())
-        # Consolidated metadata lets `xr.open_zarr(path)` open the finished store in one read.
-        with warnings.catch_warnings():  # "not yet part of the v3 spec": zarr-python and xarray read it
-            warnings.simplefilter("ignore", UserWarning)
-            zarr.consolidate_metadata(self.loc.zarr_url, zarr_format=3)
+
+        threads = max(1, min(len(languages), os.cpu_count() or 1, FINALIZE_THREADS))
+        with ThreadPoolExecutor(threads) as pool:
+            for f in [pool.submit(one, li) for li in range(len(languages))]:
+                f.result()
 
 
 __all__ = ["ResultsStore", "StoreError", "StoreLocationError", "check_out"]
