@@ -50,6 +50,17 @@ def config_for(arch: str):
                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                              max_position_embeddings=128, hidden_act="gelu_pytorch_tanh",
                              hidden_activation="gelu_pytorch_tanh"))
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L,
+                                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                             max_position_embeddings=128, hidden_activation="gelu_pytorch_tanh",
+                                             sliding_window=4))  # shorter than the sentences: both kinds of layer
+    if arch in ("cohere", "cohere2", "olmo2", "phi3"):
+        cls = {"cohere": tf.CohereConfig, "cohere2": tf.Cohere2Config, "olmo2": tf.Olmo2Config,
+               "phi3": tf.Phi3Config}[arch]
+        extra = {"cohere2": dict(sliding_window=4), "phi3": dict(original_max_position_embeddings=128)}.get(arch, {})
+        return cls(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=128, **extra))
     if arch == "gpt2":
         return tf.GPT2Config(**_common(n_embd=h, n_inner=D_FF, n_layer=L, n_head=4, n_positions=128))
     if arch == "gpt_neox":

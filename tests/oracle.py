@@ -28,8 +28,12 @@ def sequence_activations(path, seqs, site):
         if spec.gated:
             def pre(m, args, i=i):
                 h = args[0]
-                g = act(m.gate_proj(h))
-                captured[i] = g if site == "gate" else g * m.up_proj(h)
+                if hasattr(m, "gate_up_proj"):  # Phi-3: one merged projection, [gate | up]
+                    gate, up = m.gate_up_proj(h).chunk(2, dim=-1)
+                else:
+                    gate, up = m.gate_proj(h), m.up_proj(h)
+                g = act(gate)
+                captured[i] = g if site == "gate" else g * up
             handles.append(mlp.register_forward_pre_hook(pre))
         else:  # plain MLP: the input of the down projection
             def pre(m, args, i=i):

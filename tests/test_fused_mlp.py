@@ -30,7 +30,7 @@ from langneurons.store.schema import DEFAULT_EDGES, NEURON_VARS  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-GATED_SILU = ["llama", "mistral", "qwen2", "qwen3"]
+GATED_SILU = ["llama", "mistral", "qwen2", "qwen3", "cohere", "cohere2", "olmo2"]
 
 
 def device_silu(gate: torch.Tensor) -> torch.Tensor:
@@ -166,8 +166,9 @@ def test_hf_fused_mlp_equals_hooks(arch, site, tmp_path):
     want = HFBackend(ProfileConfig.from_flags(**base)).profile(sentences)
     assert got.n_tokens == want.n_tokens
     for v in NEURON_VARS:
-        if v.startswith("act_sum"):
-            np.testing.assert_allclose(getattr(got, v), getattr(want, v), rtol=1e-6, atol=1e-6)
+        if v.startswith("act_sum"):  # float32 sums in another order: rounding relative to the largest
+            w = getattr(want, v)
+            np.testing.assert_allclose(getattr(got, v), w, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(w).max())))
         else:
             assert (getattr(got, v) == getattr(want, v)).all(), v
 

@@ -213,7 +213,7 @@ class BackendConfig:
     device: str = opt("auto", "Torch device for the hf backend: auto (cuda if available), cpu, cuda, cuda:1, ...")
     kernel: Kernel = opt("auto", """Reduction kernel: auto (Triton on CUDA, numba on the CPU), reference (the
         plain-torch spec), triton or numba.""")
-    fused_mlp: bool = opt(False, """SiLU-gated MLPs (llama, mistral, qwen2, qwen3), hf backend: compute
+    fused_mlp: bool = opt(False, """SiLU-gated MLPs (llama, mistral, qwen2, qwen3, cohere, cohere2, olmo2), hf backend: compute
         act(gate)*up and the site's statistics in one kernel pass, so the activations are read once. Same
         numbers; pays off on GPUs.""")
     trust_remote_code: bool = opt(False, "Allow model code from the hub (off unless you ask for it).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import logging
 import os
@@ -70,8 +71,6 @@ def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
     store exists, with exactly the backends' own rule (`profiler.tokens.counted_tokens`): a budget
     needs them, --long-documents refuse checks every row, and shards planned by tokens (the
     default; a streamed corpus always) need every row's count."""
-    from transformers import AutoTokenizer
-
     from langneurons.profiler import tokens
 
     need = (cfg.corpus.max_tokens_per_language is not None or cfg.counting.long_documents == "refuse"
@@ -79,7 +78,7 @@ def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
     if not need:
         return corpus
     b, k = cfg.backend, cfg.counting
-    tok = AutoTokenizer.from_pretrained(b.model, revision=b.revision, trust_remote_code=b.trust_remote_code)
+    tok = _tokenizer(b.model, b.revision, b.trust_remote_code)
 
     def count(texts: list[str], wheres: list[str]) -> list[int]:
         return tokens.counted_tokens(tok, texts, include_special_tokens=k.include_special_tokens,
@@ -118,7 +117,7 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
     weights, --max-length against the model's positions, --fused-mlp, and (`in_process`: the
     model runs in this process) the device and kernel."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from langneurons.profiler import devices, sites, tokens
 
@@ -141,7 +140,7 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
         sites.vllm_spec(mcfg.model_type)
     fingerprint = model_fingerprint(b.model, b.revision)  # also refuses a folder without weights
     try:
-        AutoTokenizer.from_pretrained(b.model, **kw)
+        _tokenizer(b.model, b.revision, b.trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise FileNotFoundError(f"--model {b.model} has no usable tokenizer ({_first_line(e)}); save the "
                                 "tokenizer beside the weights (tokenizer.save_pretrained(folder))") from e
@@ -159,6 +158,14 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
     info = describe(b.model, b.revision, mcfg.model_type, sites.num_layers(m, mcfg.model_type),
                     sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint)
     return info, max_length
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model: str, revision: str | None, trust_remote_code: bool):
+    """The driver's tokenizer, loaded once per run: model_info checks it, count_tokens counts with it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
 
 
 def _first_line(e: BaseException) -> str:
@@ -214,6 +221,7 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
     --workers, Ray is joined first, so the dtype recorded is the one its workers will use. The
     store is then created, replaced or resumed under its lock, which this run holds until it ends."""
     s = cfg.store
+    _tokenizer.cache_clear()  # shared by this run's checks and counting, never with an earlier run
     loc = check_out(s.out, resume=s.resume, overwrite=s.overwrite)
     cfg = with_defaults(cfg)
     corpus = read_corpus(cfg)

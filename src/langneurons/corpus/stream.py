@@ -103,13 +103,17 @@ class StreamCorpus:
         return f"StreamCorpus({self.source!r}, rows={rows}, unaligned={self.unaligned})"
 
     # --- reading -----------------------------------------------------------------------------
+    def _empty_row(self, where: str) -> None:
+        """An empty row is skipped in monolingual input and refused in aligned input."""
+        if self.aligned:
+            raise CorpusError(f"{where}: empty row; aligned input needs the sentence of every language "
+                              "in every row: fill it in or delete that row everywhere (or use --unaligned)")
+
     def _kept(self, src: LanguageSource, start: object = None) -> Iterator[tuple[object, str, str]]:
         """(position or None, text, where) of the rows this corpus keeps, from `start`."""
         for pos, text, where in src.records(start):
             if text is None:
-                if self.aligned:
-                    raise CorpusError(f"{where}: empty row; aligned input needs the sentence of every language "
-                                      "in every row: fill it in or delete that row everywhere (or use --unaligned)")
+                self._empty_row(where)
                 continue
             yield pos, text, where
 
@@ -120,9 +124,7 @@ class StreamCorpus:
         for pos, text, where in src.records():
             n_records += 1
             if text is None:
-                if self.aligned:
-                    raise CorpusError(f"{where}: empty row; aligned input needs the sentence of every language "
-                                      "in every row: fill it in or delete that row everywhere (or use --unaligned)")
+                self._empty_row(where)
                 continue
             if self.max_sentences is not None and ix.n_rows >= self.max_sentences:
                 break

@@ -50,9 +50,9 @@ class HookState:
 
     def set_token_lang(self, token_lang: torch.Tensor) -> None:
         """Set the pass's token languages, already on the device (vLLM builds them there)."""
-        self.token_lang = token_lang
         if self.compact:
             raise RuntimeError("internal: compact hooks need set_batch (host-side row indices)")
+        self.token_lang = token_lang
 
     def clear(self) -> None:
         self.token_lang = self.rows = self.row_lang = None
