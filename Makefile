@@ -21,7 +21,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup vllm-env run test bench clean
+.PHONY: setup vllm-env run test bench gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,15 @@ test: setup vllm-env
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# What benchmarks/gpu_proof.py installs on a bare CUDA machine (Python 3.12, torch, triton and
+# transformers already there, no network): zarr and its dependencies that image lacks, ~10 MB.
+GPU_WHEELS = zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) $(VVENV) results .pytest_cache

@@ -57,7 +57,7 @@ def timer(dev: torch.device, repeats: int, warmup: int):
     return time_ms
 
 
-def measure(dev: torch.device, shapes, repeats: int, warmup: int) -> list[dict]:
+def measure(dev: torch.device, shapes, repeats: int, warmup: int, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
     from langneurons.kernels import triton_fused, triton_stats
     from langneurons.kernels.reference import Accumulator
     from langneurons.store.schema import DEFAULT_EDGES
@@ -66,8 +66,8 @@ def measure(dev: torch.device, shapes, repeats: int, warmup: int) -> list[dict]:
     rows = []
     for T, F in shapes:
         g = torch.Generator(device=dev).manual_seed(0)
-        gate = torch.randn(T, F, device=dev, dtype=torch.bfloat16, generator=g)
-        up = torch.randn(T, F, device=dev, dtype=torch.bfloat16, generator=g)
+        gate = torch.randn(T, F, device=dev, dtype=dtype, generator=g)
+        up = torch.randn(T, F, device=dev, dtype=dtype, generator=g)
         x = torch.nn.functional.silu(gate) * up
         lang = torch.zeros(T, dtype=torch.int32, device=dev)
         dst = torch.empty_like(x)
@@ -88,7 +88,8 @@ def measure(dev: torch.device, shapes, repeats: int, warmup: int) -> list[dict]:
             "unfused": time_ms(unfused),
         }
         copy_gbps = 2 * block / ms["copy"] / 1e6  # a copy reads and writes the block
-        row = {"tokens": T, "d_ff": F, "dtype": "bf16", "ms": ms, "copy_GBps": copy_gbps,
+        row = {"tokens": T, "d_ff": F, "dtype": {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype)),
+               "ms": ms, "copy_GBps": copy_gbps,
                "stats_GBps": block / ms["stats"] / 1e6,
                "stats_no_hist_GBps": block / ms["stats_no_hist"] / 1e6,
                "fused_GBps": 3 * block / ms["fused"] / 1e6,

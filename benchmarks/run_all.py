@@ -153,6 +153,12 @@ def table() -> str:
             ov = bk["vllm_overhead_vs_plain"]
             out += [f"vLLM profiling overhead vs the same engine without hooks (median of rounds): "
                     f"{ov['pct_median']:+.1f}% (range {ov['pct_min']:+.1f}..{ov['pct_max']:+.1f}%), kernel {ov['kernel']}.", ""]
+    gp = load("gpu_proof.json")
+    if gp and not gp.get("smoke") and (RESULTS / "gpu_proof.md").is_file():
+        out += [(RESULTS / "gpu_proof.md").read_text().rstrip(), ""]
+    elif not gp:
+        out += ["### GPU proof", "", "Not run yet: no GPU was lent to a session since `benchmarks/gpu_proof.py` "
+                "was written (see above for the command).", ""]
     kernels = sorted(glob.glob(str(RESULTS / "kernels_*.json")))
     if kernels:
         for path in kernels:

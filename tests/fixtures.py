@@ -55,6 +55,12 @@ def config_for(arch: str):
                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                                              max_position_embeddings=128, hidden_activation="gelu_pytorch_tanh",
                                              sliding_window=4))  # shorter than the sentences: both kinds of layer
+    if arch == "gemma3":  # the multimodal checkpoint layout: a tiny vision tower beside the text model
+        vision = tf.SiglipVisionConfig(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=1,
+                                       num_attention_heads=4, image_size=28, patch_size=14)
+        return tf.Gemma3Config(text_config=config_for("gemma3_text"), vision_config=vision, mm_tokens_per_image=4,
+                               image_token_index=VOCAB - 3, boi_token_index=VOCAB - 2, eoi_token_index=VOCAB - 1,
+                               **_common())
     if arch in ("cohere", "cohere2", "olmo2", "phi3"):
         cls = {"cohere": tf.CohereConfig, "cohere2": tf.Cohere2Config, "olmo2": tf.Olmo2Config,
                "phi3": tf.Phi3Config}[arch]

