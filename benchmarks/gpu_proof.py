@@ -140,6 +140,7 @@ def sentences(n: int, words: int, seed: int = 0) -> list[str]:
 
 
 def end_to_end(name: str, dev, smoke: bool) -> dict:
+    import bench_overhead
     import torch
     import transformers as tf
     from fixtures import make_tokenizer
@@ -166,20 +167,14 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
                     "fused": dict(kernel="reference" if smoke else "triton", fused_mlp=True)}
         backends = {k: hf.HFBackend(ProfileConfig.from_flags(**base, **v)) for k, v in variants.items()}
         ref = backends["reference"]
-        from langneurons.profiler import tokens
-
-        enc = tokens.encode(ref.tokenizer, sents, include_special_tokens=False, max_length=ref.max_length)
-        prepared = [ref._pad([enc.input_ids[i] for i in b], [enc.counted[i] for i in b])
-                    for b in tokens.batches_by_budget([len(s) for s in enc.input_ids], ref.counting.batch_tokens)]
+        prepared, n = bench_overhead.batches(ref, sents)   # the same padded batches every variant runs
 
         def sync():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 
         def plain():
-            with torch.inference_mode():
-                for ids, attn, _ in prepared:
-                    model.base_model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
+            bench_overhead.plain(ref, prepared)
 
         runs = {"plain": plain, **{k: (lambda b=b: b.profile(sents)) for k, b in backends.items()}}
         stats = {k: b.profile(sents) for k, b in backends.items()}     # warm-up (compiles) and the counts
@@ -192,7 +187,6 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
                 fn()
                 sync()
                 seconds[k].append(time.perf_counter() - t0)
-        n = enc.n_counted
         out = {"architecture": arch, "shape": {k: fields[k] for k in ("num_hidden_layers", "hidden_size",
                                                                       "intermediate_size")},
                "dtype": str(dtype).replace("torch.", ""), "counted_tokens": n,
