@@ -51,7 +51,8 @@ from langneurons.shards import Shard  # noqa: E402
 from langneurons.store.location import resolve  # noqa: E402
 from langneurons.store.lock import StoreLock  # noqa: E402
 from langneurons.store.reader import open_partials, open_results  # noqa: E402
-from langneurons.store.schema import ALL_VARS, DEFAULT_EDGES, KEEP_PARTIALS, Stats, bin_bounds  # noqa: E402
+from langneurons.store.schema import ALL_VARS, DEFAULT_EDGES, KEEP_PARTIALS, bin_bounds  # noqa: E402
+from langneurons.store.stats import Stats  # noqa: E402
 from langneurons.store.writer import ResultsStore  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "store.json"
@@ -174,9 +175,9 @@ def extrapolate(sim: dict, *, languages: int, tokens_per_language: float, shape:
     gpu_tokens_per_s = gpu_tokens_per_s * SHAPES["8B"][2] / params
     n_shards = languages * math.ceil(tokens_per_language / sim["shard_tokens"])
     per = sim["disk_MB_per_shard"]
-    size = {keep: (n_shards * sum(per[v] for v in KEEP_PARTIALS[keep]) * scale
+    size = {keep: (n_shards * sum(per[v] for v in KEEP_PARTIALS[keep] if v in per) * scale
                    + languages * sim["totals_MB_per_language"] * scale) / 1e3 for keep in KEEP_PARTIALS}
-    files = {keep: n_shards * sum(sim["files_per_shard"][v] for v in KEEP_PARTIALS[keep]) * (L / sim["layers"])
+    files = {keep: n_shards * sum(sim["files_per_shard"][v] for v in KEEP_PARTIALS[keep] if v in per) * (L / sim["layers"])
              for keep in KEEP_PARTIALS}
     produced_shards_per_s = gpus * gpu_tokens_per_s / sim["shard_tokens"]
     produced_MBps = produced_shards_per_s * sim["raw_MB_per_shard"] * scale

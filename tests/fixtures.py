@@ -13,6 +13,8 @@ import torch
 
 VOCAB = 320
 D_FF = 37  # prime, so no kernel can get away with power-of-two assumptions
+E_FF = 23  # an expert's width in the MoE models (prime, and not D_FF: the two must not be confused)
+N_EXPERTS, TOP_K = 5, 2
 
 TRAIN_TEXT = [
     "the quick brown fox jumps over the lazy dog",
@@ -67,6 +69,25 @@ def config_for(arch: str):
         extra = {"cohere2": dict(sliding_window=4), "phi3": dict(original_max_position_embeddings=128)}.get(arch, {})
         return cls(**_common(hidden_size=h, intermediate_size=D_FF, num_hidden_layers=L, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=128, **extra))
+    # Mixture of experts: 5 experts, top-2, experts E_FF wide. Qwen2-MoE: layer 0 a dense MLP, layer
+    # 1 sparse with a shared expert (both D_FF wide); Qwen3-MoE: layer 0 sparse, layer 1 dense, and
+    # renormalised top-k; Mixtral, OLMoE and GPT-OSS have no dense FFN (d_ff = 0).
+    moe = dict(hidden_size=h, num_hidden_layers=L, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=128, num_experts_per_tok=TOP_K)
+    if arch == "mixtral":
+        return tf.MixtralConfig(**_common(intermediate_size=E_FF, num_local_experts=N_EXPERTS, head_dim=8, **moe))
+    if arch == "qwen2_moe":
+        return tf.Qwen2MoeConfig(**_common(intermediate_size=D_FF, moe_intermediate_size=E_FF, num_experts=N_EXPERTS,
+                                           shared_expert_intermediate_size=D_FF, mlp_only_layers=[0], **moe))
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeConfig(**_common(intermediate_size=D_FF, moe_intermediate_size=E_FF, num_experts=N_EXPERTS,
+                                           mlp_only_layers=[1], norm_topk_prob=True, head_dim=8, **moe))
+    if arch == "olmoe":
+        return tf.OlmoeConfig(**_common(intermediate_size=E_FF, num_experts=N_EXPERTS, **moe))
+    if arch == "gpt_oss":
+        # (its YaRN rope scales 4096 original positions by 32: the position limit says so)
+        return tf.GptOssConfig(**_common(intermediate_size=E_FF, num_local_experts=N_EXPERTS, head_dim=8,
+                                         sliding_window=4, **{**moe, "max_position_embeddings": 131072}))
     if arch == "gpt2":
         return tf.GPT2Config(**_common(n_embd=h, n_inner=D_FF, n_layer=L, n_head=4, n_positions=128))
     if arch == "gpt_neox":
@@ -109,8 +130,8 @@ def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, seed: int =
     model = AutoModelForCausalLM.from_config(config_for(arch))
     # Random init puts most gate values near 0; widen them so thresholds and bins all get hits.
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
+        for name, p in model.named_parameters():
+            if p.dim() == 2 or (p.dim() == 3 and "experts" in name):  # MoE: fused [E, ., .] expert weights
                 p.mul_(8.0)
     model.save_pretrained(path)
     make_tokenizer(add_eos).save_pretrained(path)

@@ -75,3 +75,58 @@ def reference_stats_numpy(acts: list[np.ndarray], threshold: float, edges) -> di
             h[f] = np.bincount(idx[fin[:, f], f], minlength=len(e) + 1)
         res["act_hist"].append(h)
     return {k: np.stack(v) for k, v in res.items()}
+
+
+def moe_oracle(path, seqs, site):
+    """A MoE model's routing and expert activations of `seqs` = [(input_ids, counted mask)], each run
+    alone (no padding) with transformers' eager experts, independent of langneurons' hooks: the
+    router logits come from the model's own `output_router_logits`, the selection is recomputed
+    with the architecture's documented rule, and each expert's site from its weights.
+
+    Returns (n_routed [L, E] int64, router_prob_sum [L, E] float64,
+             acts {(layer, expert): [tokens, F_e] float64 site values of the counted tokens routed to it})."""
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import ACT2FN
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, experts_implementation="eager").eval()
+    cfg = model.config
+    spec = sites.arch_spec(cfg.model_type)
+    blocks = sites._get(model, spec.layers)
+    sparse = [i for i, b in enumerate(blocks) if hasattr(sites._get(b, spec.mlp), spec.moe.router)]
+    E = getattr(cfg, "num_local_experts", None) or cfg.num_experts
+    k = cfg.num_experts_per_tok
+    inputs = {}
+    handles = [sites._get(blocks[i], spec.mlp).register_forward_pre_hook(
+        lambda m, args, i=i: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1]))) for i in sparse]
+    n_routed = np.zeros((len(blocks), E), dtype=np.int64)
+    prob_sum = np.zeros((len(blocks), E), dtype=np.float64)
+    acts = {}
+    with torch.no_grad():
+        for ids, keep in seqs:
+            keep = torch.tensor(keep, dtype=torch.bool)
+            out = model(input_ids=torch.tensor([ids]), output_router_logits=True)
+            for layer, logits in zip(sparse, out.router_logits):
+                logits = logits.float()
+                probs = torch.softmax(logits, dim=-1)
+                # GPT-OSS picks the top-k raw logits; the others the top-k probabilities (same order)
+                chosen = torch.topk(logits if cfg.model_type == "gpt_oss" else probs, k, dim=-1).indices
+                prob_sum[layer] += probs[keep].double().sum(0).numpy()
+                experts = sites._get(blocks[layer], spec.mlp).experts
+                x = inputs[layer]
+                for e in range(E):
+                    rows = (chosen == e).any(-1) & keep
+                    n_routed[layer, e] += int(rows.sum())
+                    if cfg.model_type == "gpt_oss":
+                        gu = x[rows] @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e]
+                        gate = gu[:, 0::2].clamp(max=cfg.swiglu_limit)
+                        up = gu[:, 1::2].clamp(min=-cfg.swiglu_limit, max=cfg.swiglu_limit)
+                        g = gate * torch.sigmoid(gate * cfg.swiglu_alpha)
+                        a = g if site == "gate" else (up + 1) * g
+                    else:
+                        gate, up = (x[rows] @ experts.gate_up_proj[e].T).chunk(2, dim=-1)
+                        g = ACT2FN[cfg.hidden_act](gate)
+                        a = g if site == "gate" else g * up
+                    acts.setdefault((layer, e), []).append(a.double().numpy())
+    for h in handles:
+        h.remove()
+    return n_routed, prob_sum, {key: np.concatenate(v) for key, v in acts.items()}

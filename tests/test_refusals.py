@@ -72,7 +72,7 @@ def world(tmp_path_factory) -> World:
     shutil.copy(root / "model" / "config.json", root / "no_weights" / "config.json")
     shutil.copytree(root / "model", root / "unsupported")
     cfg = json.loads((root / "model" / "config.json").read_text())
-    cfg.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=2)
+    cfg.update(model_type="granitemoe", architectures=["GraniteMoeForCausalLM"], num_local_experts=2)
     (root / "unsupported" / "config.json").write_text(json.dumps(cfg))
     # broken corpora
     for name, files in {
@@ -206,7 +206,7 @@ CASES = [
     Case("model-is-a-file", P(model="file.txt"), ("file.txt", "is a file")),
     Case("model-no-tokenizer", P(model="no_tokenizer"), ("no_tokenizer", "tokenizer")),
     Case("model-no-weights", P(model="no_weights"), ("no_weights", "no weight files")),
-    Case("model-unsupported", P(model="unsupported"), ("'mixtral' is not supported", "supported:")),
+    Case("model-unsupported", P(model="unsupported"), ("'granitemoe' is not supported", "supported:")),
     # --- the corpus -----------------------------------------------------------------------------
     Case("corpus-bare-cr", P(corpus="cr"), ("en.txt:1", "carriage return", "tr")),
     Case("corpus-empty-line", P(corpus="empty_line"), ("en.txt:2", "empty line")),

@@ -21,7 +21,8 @@ from langneurons.store import schema
 from langneurons.store.location import resolve
 from langneurons.store.lock import StoreLock
 from langneurons.store.reader import ResultsError, open_partials, open_results, verify_store
-from langneurons.store.schema import ALL_VARS, KEEP_PARTIALS, PARTIAL_DTYPES, PARTIAL_MAX_TOKENS, Stats
+from langneurons.store.schema import ALL_VARS, KEEP_PARTIALS, PARTIAL_DTYPES, PARTIAL_MAX_TOKENS
+from langneurons.store.stats import Stats
 from langneurons.store.writer import ResultsStore, StoreError
 
 STATS = ("act_sum", "act_sumsq", "act_hist")  # what --keep-partials counts deletes
@@ -280,14 +281,19 @@ def test_version_2_stores_still_read_but_are_not_resumed(model, corpus, kept_all
     assert main(["profile", "--model", model, "--corpus", corpus, "--out", str(out), "--shard-size", "2",
                  "--batch-tokens", "64", "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "cannot resume" in err and "schema_version: store has 2, this run has 3" in err
+    assert "cannot resume" in err and "schema_version: store has 2, this run has 4" in err
 
 
 def test_keep_partials_values_are_checked():
     with pytest.raises(ValueError, match="--keep-partials 'some' is not one of: counts, all, none"):
         ProfileConfig.from_flags(keep_partials="some")
     assert set(KEEP_PARTIALS) == {"counts", "all", "none"}
-    assert json.dumps(KEEP_PARTIALS["counts"]) == '["n_tokens", "n_fired", "n_nonfinite"]'
+    # a dense store keeps exactly what bootstrap over LAPE reads; a MoE store also its routing counts
+    assert schema.kept_partials({"partials_kept": "counts"}) == ("n_tokens", "n_fired", "n_nonfinite")
+    moe = {"partials_kept": "counts", "moe": {"expert_neurons": True}}
+    assert schema.kept_partials(moe) == ("n_tokens", "n_fired", "n_nonfinite", "n_routed", "expert_n_fired",
+                                         "expert_n_nonfinite")
+    assert json.dumps(KEEP_PARTIALS["counts"][:3]) == '["n_tokens", "n_fired", "n_nonfinite"]'
 
 
 def test_a_row_planned_shard_beyond_the_bound_is_refused_before_anything_runs():

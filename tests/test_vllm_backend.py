@@ -159,3 +159,85 @@ def test_default_max_length_fits_a_short_position_limit_and_serialization_switch
     assert got.n_tokens == want.n_tokens
     with pytest.raises(ValueError, match=r"--max-length 128 exceeds the model's position limit of 128 .*vLLM"):
         VLLMBackend(c.replace(max_length=128))
+
+
+def tiny_moe(arch: str, path):
+    """A tiny MoE model of `arch` (tests/fixtures.py's layout: 5 experts, top-2, dense layers and a
+    shared expert where the architecture has them) at the sizes vLLM's CPU kernels accept."""
+    import transformers as tf
+    from fixtures import config_for
+
+    torch.manual_seed(0)
+    cfg = config_for(arch)
+    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 128, 2, 1, 64
+    cfg.max_position_embeddings = 512
+    m = tf.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() == 2 or (p.dim() == 3 and "experts" in name):
+                p.mul_(8.0)
+    m.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+def test_moe_routing_matches_hf(tmp_path, arch):
+    """n_routed from vLLM's own routed-expert capture equals the HF backend's (the router's
+    choices, counted per language); the dense FFN of Qwen's MoE models is counted as on HF."""
+    model = tiny_moe(arch, tmp_path / arch)
+    c = cfg(model)
+    want = HFBackend(c).profile(SENTS)
+    backend = VLLMBackend(c)
+    try:
+        got = backend.profile(SENTS)
+        info = backend.info
+    finally:
+        backend.close()
+    assert info.moe["expert_neurons"] is False and set(got.moe) == {"n_routed", "router_prob_sum"}
+    assert got.n_tokens == want.n_tokens
+    np.testing.assert_array_equal(got.moe["n_routed"], want.moe["n_routed"])
+    assert got.moe["n_routed"].sum() == len(info.moe["moe_layers"]) * info.moe["top_k"] * got.n_tokens
+    np.testing.assert_allclose(got.moe["router_prob_sum"], want.moe["router_prob_sum"], rtol=1e-4, atol=1e-4)
+    assert got.n_fired.shape == want.n_fired.shape
+    if got.n_fired.size:  # float-order differences may flip a count near the threshold, rarely
+        dense = list(info.moe["dense_layers"])
+        diff = np.abs(got.n_fired[dense] - want.n_fired[dense])
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.95 and got.n_fired[dense].min() >= 0
+        np.testing.assert_allclose(got.act_sum, want.act_sum, rtol=1e-3, atol=1e-2)
+        assert got.n_fired.sum() > 0
+
+
+def test_moe_architecture_vllm_cannot_run_is_refused(tmp_path):
+    from langneurons.profiler.sites import UnsupportedArchitecture, vllm_spec
+
+    with pytest.raises(UnsupportedArchitecture, match="use --backend hf"):
+        vllm_spec("gpt_oss")
+
+
+def test_moe_store_from_vllm_holds_routing_only_and_scores(tmp_path, capsys):
+    """`profile --backend vllm` on a MoE model: the store records routing (equal to an HF-backend
+    store's), no expert neuron arrays (expert_neurons false), and `score` prints its expert table."""
+    import xarray as xr
+    from fixtures import write_corpus
+
+    from langneurons import open_results
+    from langneurons.cli import main
+    from langneurons.run import profile
+
+    model = tiny_moe("olmoe", tmp_path / "olmoe")
+    corpus = write_corpus(tmp_path / "corpus")
+    stores = {}
+    for backend in ("hf", "vllm"):
+        stores[backend] = tmp_path / f"{backend}.zarr"
+        profile(ProfileConfig.from_flags(model=model, corpus=corpus, out=str(stores[backend]), backend=backend,
+                                         batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3),
+                progress=False)
+    hf, vl = open_results(str(stores["hf"])), open_results(str(stores["vllm"]))
+    assert vl.attrs["moe"]["expert_neurons"] is False and hf.attrs["moe"]["expert_neurons"] is True
+    assert "expert_n_fired" not in vl and "expert_n_fired" in hf and vl.sizes["neuron"] == 0
+    np.testing.assert_array_equal(vl["n_routed"].values, hf["n_routed"].values)
+    assert set(xr.open_zarr(stores["vllm"]).data_vars) >= {"n_routed", "router_prob_sum"}
+    assert main(["score", str(stores["vllm"])]) == 0
+    out = capsys.readouterr().out
+    assert "expert routing per layer (5 experts, top-2" in out and "JS fr" in out

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read firing probabilities at this histogram edge instead of the profiled threshold")
     s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples over shards for CIs (0: off)")
     s.add_argument("--export", action="store_true", help="write neuron tables (CSV/parquet) and masks into --out")
+    s.add_argument("--pivot", default=None,
+                   help="mixture-of-experts stores: the language routing divergence is measured from "
+                        "(default: en if profiled, else the first language)")
 
     i = sub.add_parser("info", help="describe a results store")
     i.add_argument("results")
@@ -136,7 +139,7 @@ def cmd_score(args) -> int:
     lape = {k: v for k, v in (("top_rate", args.top_rate), ("filter_rate", args.filter_rate),
                                ("activation_bar_ratio", args.activation_bar_ratio)) if v is not None}
     print(score_report(ds, out_dir=out_dir, plot=args.plot, export=args.export, threshold=args.threshold,
-                       bootstrap=args.bootstrap, results_path=args.results, **lape))
+                       bootstrap=args.bootstrap, results_path=args.results, pivot=args.pivot, **lape))
     return 0
 
 
@@ -176,6 +179,10 @@ def cmd_info(args) -> int:
     if a.get("complete"):
         kept = schema.kept_partials(a)
         print(f"  {'partials_kept':20s} {a.get('partials_kept') or 'all'} ({', '.join(kept) or 'no variables'})")
+    if a.get("moe"):
+        m = a["moe"]
+        print(f"  {'moe':20s} {m['n_experts']} experts x {m['expert_d_ff']} neurons, top-{m['top_k']}; routing layers "
+              f"{m['moe_layers']}; dense FFN counted in layers {m['dense_layers']}; router: {m['router']}")
     if ds is not None:
         print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     if a.get("complete") and not problem:

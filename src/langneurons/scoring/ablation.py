@@ -160,6 +160,13 @@ def ablate_report(results: str, *, heldout: str | None = None, max_sentences: in
         if not head.startswith("ablated,"):  # an earlier `ablate --out` table may be replaced, nothing else
             raise ValueError(f"--out {out} exists and is not an earlier ablation table; choose a new file name")
     ds = open_results(results)
+    moe = ds.attrs.get("moe")
+    if moe:  # the neurons LAPE selects are the dense FFN's (dense layers, shared experts)
+        if not moe["dense_layers"] or ds.sizes["neuron"] == 0:
+            raise ValueError(f"{results}: `ablate` zeroes dense-FFN neurons, and this {ds.attrs.get('architecture')} "
+                             "model has none (every layer routes its tokens to experts); ablating experts is not "
+                             "supported yet: see `langneurons score` for its language-specific experts")
+        ds = ds.isel(layer=list(moe["dense_layers"]))
     model_path = check_model(ds.attrs, model, allow_mismatch=allow_model_mismatch)
     langs = [str(x) for x in ds["language"].values]
     if heldout is None:  # the bundled corpus holds rows 500-599 out of the demo profile

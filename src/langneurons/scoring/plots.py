@@ -16,14 +16,15 @@ def _plt():
     return plt
 
 
-def per_layer_curves(counts: xr.DataArray, path: Path, *, title: str = "") -> list[Path]:
-    """One line per language: language-specific neurons per layer. Writes PNG and SVG."""
+def per_layer_curves(counts: xr.DataArray, path: Path, *, title: str = "",
+                     ylabel: str = "language-specific neurons") -> list[Path]:
+    """One line per language: a per-layer value (by default language-specific neurons). Writes PNG and SVG."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     for lang in counts["language"].values:
         ax.plot(counts["layer"].values, counts.sel(language=lang).values, marker="o", ms=3, label=str(lang))
     ax.set_xlabel("layer")
-    ax.set_ylabel("language-specific neurons")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8)
@@ -84,4 +85,28 @@ def flatness_curves(curves: xr.Dataset, path: Path, *, title: str = "") -> list[
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def routing_heatmap(dist: xr.DataArray, path: Path, *, title: str = "") -> list[Path]:
+    """Per routing layer, an expert x language heatmap of each language's routing distribution
+    (share of its routing slots per expert, in %): one band of rows per layer, top to bottom."""
+    plt = _plt()
+    d = dist.transpose("layer", "language", "expert")
+    L, N, E = d.shape
+    image = 100 * d.values.reshape(L * N, E)
+    fig, ax = plt.subplots(figsize=(min(5 + 0.12 * E, 30), min(2.5 + 0.16 * L * N, 60)), dpi=120)
+    im = ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
+    langs = [str(x) for x in d["language"].values]
+    if L * N <= 80:
+        ax.set_yticks(range(L * N), [f"{int(layer)} {lang}" for layer in d["layer"].values for lang in langs],
+                      fontsize=6)
+    else:  # too many rows to name each: name the layers
+        ax.set_yticks([i * N + (N - 1) / 2 for i in range(L)], [str(int(x)) for x in d["layer"].values], fontsize=6)
+        ax.set_ylabel(f"layer (rows within a band: {', '.join(langs)})")
+    for i in range(1, L):
+        ax.axhline(i * N - 0.5, color="white", lw=0.6)
+    ax.set_xlabel("expert")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="% of the language's routing")
     return _save(fig, path)

@@ -54,17 +54,51 @@ def _matrix(da: xr.DataArray, fmt: str) -> str:
 
 def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: bool = False,
                  export: bool = False, threshold: float | None = None, bootstrap: int = 0,
-                 results_path: str | None = None, **lape_kwargs) -> str:
+                 results_path: str | None = None, pivot: str | None = None, **lape_kwargs) -> str:
     """LAPE, flatness and overlap on a results Dataset, as text; with plot/export, files in out_dir.
+    A mixture-of-experts store also gets its routing section (scoring/routing.py), and its neuron
+    section covers the layers whose dense FFN was counted (none: the section says so).
 
     threshold: read firing probabilities at this histogram edge instead of the profiled threshold.
     bootstrap: resamples over shard partials (needs results_path) for per-layer 95% intervals.
+    pivot: the language routing divergence is measured from (default: English if profiled).
     """
+    from langneurons.scoring import routing
+
     cfg = LapeConfig(**lape_kwargs)
+    moe = ds.attrs.get("moe")
+    if pivot is not None and not moe:
+        raise ValueError("--pivot applies to mixture-of-experts stores (routing divergence); this store is "
+                         "from a dense model")
+    d = Path(out_dir) if out_dir else Path("langneurons-report")
+    if plot or export:
+        prepare_report_dir(d)
+    dense = ds if not moe else ds.isel(layer=list(moe["dense_layers"]))
+    out, written = [], []
+    if dense.sizes["layer"] and dense.sizes["neuron"]:
+        text, files = _neuron_section(dense, cfg, d, plot=plot, export=export, threshold=threshold,
+                                      bootstrap=bootstrap, results_path=results_path)
+        out.append(text)
+        written += files
+    else:
+        out.append(f"no dense FFN neurons to score: every layer of this {ds.attrs.get('architecture')} model routes "
+                   "its tokens to experts (see the routing section)")
+    if moe:
+        text, files = _routing_section(ds, pivot or routing.default_pivot(ds), d, plot=plot, export=export)
+        out.append(text)
+        written += files
+    if written:
+        out.append("wrote: " + ", ".join(str(w) for w in written))
+    return "\n\n".join(out)
+
+
+def _neuron_section(ds: xr.Dataset, cfg: LapeConfig, d: Path, *, plot: bool, export: bool,
+                    threshold: float | None, bootstrap: int, results_path: str | None) -> tuple[str, list[Path]]:
     p = firing_probability(ds) if threshold is None else firing_probability_at(ds, threshold)
     res = lape(p, cfg)
     t = ds.attrs.get("threshold") if threshold is None else threshold
-    head = (f"LAPE language-specific neurons per layer ({ds.attrs.get('model', '?')}, site "
+    what = "dense-FFN neurons" if ds.attrs.get("moe") else "neurons"
+    head = (f"LAPE language-specific {what} per layer ({ds.attrs.get('model', '?')}, site "
             f"{ds.attrs.get('site', '?')}, activation > {t}; top_rate {cfg.top_rate}, filter "
             f"{cfg.filter_rate}, activation bar {cfg.activation_bar_ratio} = p > {res.activation_bar:.4f})")
     toks = ", ".join(f"{lang} {int(n):,}" for lang, n in zip(ds["language"].values, ds["n_tokens"].values))
@@ -88,18 +122,17 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
 
         if results_path is None:
             raise ValueError("bootstrap needs the results store path (its shard partials)")
-        b = run_bootstrap(open_partials(results_path), [str(x) for x in ds["language"].values],
-                          n_resamples=bootstrap, config=cfg)
+        parts = open_partials(results_path)
+        if ds.attrs.get("moe"):
+            parts = parts.sel(layer=ds["layer"].values)
+        b = run_bootstrap(parts, [str(x) for x in ds["language"].values], n_resamples=bootstrap, config=cfg)
         lo, hi = b.per_layer_low.sum("language"), b.per_layer_high.sum("language")
         stable = float((b.stability.where(res.masks) >= 0.9).sum()) / max(int(res.masks.sum()), 1)
         out.append(f"bootstrap over shards ({bootstrap} resamples): per-layer 95% intervals (per-language bounds, summed) "
                    "assignments: " + ", ".join(f"{int(layer)}:[{a:.0f},{z:.0f}]" for layer, a, z in
                                                zip(lo["layer"].values, lo.values, hi.values))
                    + f"\n{100 * stable:.0f}% of assignments are re-selected in >= 90% of resamples")
-    d = Path(out_dir) if out_dir else Path("langneurons-report")
     written = []
-    if plot or export:
-        prepare_report_dir(d)
     if plot:
         from langneurons.scoring import plots
 
@@ -112,6 +145,39 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
         from langneurons.scoring.export import write_exports
 
         written += write_exports(p, res, d)
-    if written:
-        out.append("wrote: " + ", ".join(str(w) for w in written))
-    return "\n\n".join(out)
+    return "\n\n".join(out), written
+
+
+def _routing_section(ds: xr.Dataset, pivot: str, d: Path, *, plot: bool, export: bool) -> tuple[str, list[Path]]:
+    from langneurons.scoring import routing
+
+    moe = ds.attrs["moe"]
+    r = routing.routing_rate(ds)
+    dist = routing.routing_distribution(ds)
+    div = routing.routing_divergence(dist, pivot)
+    ent = routing.routing_entropy(dist)
+    res = routing.expert_lape(r)
+    c = routing.EXPERT_LAPE
+    head = (f"expert routing per layer ({moe['n_experts']} experts, top-{moe['top_k']}; router: {moe['router']}): "
+            f"JS = Jensen-Shannon divergence of the language's routing from {pivot}'s (bits, 0..1), H = routing "
+            f"entropy over experts / log2(E) (1 = uniform), # = language-specific experts by expert LAPE "
+            f"(top_rate {c.top_rate}, filter {c.filter_rate}, bar {c.activation_bar_ratio} = rate > "
+            f"{res.activation_bar:.4f})")
+    langs = [str(x) for x in div["language"].values]
+    mean_js = ", ".join(f"{lang} {float(div.sel(language=lang).mean()):.4f}" for lang in langs if lang != pivot)
+    summary = (f"mean JS divergence from {pivot} over routing layers: {mean_js or '-'}; "
+               f"{int(res.selected.sum())} of {res.selected.size} experts selected as language-specific")
+    written = []
+    if plot:
+        from langneurons.scoring import plots
+
+        written += plots.routing_heatmap(dist, d / "routing_heatmap.png",
+                                         title="share of each language's routing per expert")
+        written += plots.per_layer_curves(div.drop_sel(language=pivot), d / "routing_divergence.png",
+                                          title=f"routing divergence from {pivot}",
+                                          ylabel="Jensen-Shannon divergence (bits)")
+    if export:
+        from langneurons.scoring.export import write_expert_exports
+
+        written += write_expert_exports(r, res, div, ent, d)
+    return "\n\n".join([head, routing.expert_table(div, ent, res), summary]), written

@@ -17,7 +17,6 @@ import zarr
 from langneurons.store import schema
 from langneurons.store.chunks import ChunkDamaged, chunk_coords, chunk_key, missing_chunks, read_checked, short
 from langneurons.store.location import Kind, StoreLocationError, inspect, resolve
-from langneurons.store.schema import ALL_VARS
 
 
 class ResultsError(ValueError):
@@ -79,15 +78,33 @@ def open_results(path: str, *, allow_incomplete: bool = False, check: bool = Tru
 
 
 def _check_counts(ds: xr.Dataset, path: str) -> None:
+    """Every counted token lands once per neuron (in a bin or n_nonfinite) in the layers whose
+    dense FFN is counted (all, in a dense model); in a MoE model's routing layers every token is
+    routed to exactly top_k experts, and an expert's neuron counts stay within its routed tokens."""
     n_tok = ds["n_tokens"].values                                     # [N]
+    moe = ds.attrs.get("moe")
+    dense = list(moe["dense_layers"]) if moe else slice(None)
     for li, lang in enumerate(ds["language"].values):
-        h = ds["act_hist"].isel(language=li).sum("bin").values        # [L, F]
-        nf = ds["n_nonfinite"].isel(language=li).values
+        h = ds["act_hist"].isel(language=li, layer=dense).sum("bin").values        # [L', F]
+        nf = ds["n_nonfinite"].isel(language=li, layer=dense).values
         if not np.array_equal(h + nf, np.broadcast_to(n_tok[li], h.shape)):
             raise ResultsError(f"{path}: language {lang}: histogram + non-finite counts do not add up to "
                                f"n_tokens={n_tok[li]}; the store is corrupt, re-profile it")
         if (ds["n_fired"].isel(language=li).values > n_tok[li]).any():
             raise ResultsError(f"{path}: language {lang}: n_fired exceeds n_tokens; the store is corrupt")
+        if not moe:
+            continue
+        routed = ds["n_routed"].isel(language=li).values              # [L, E]
+        want = np.zeros(routed.shape[0], dtype=np.int64)
+        want[list(moe["moe_layers"])] = moe["top_k"] * n_tok[li]
+        if not np.array_equal(routed.sum(-1), want):
+            raise ResultsError(f"{path}: language {lang}: n_routed does not add up to top_k x n_tokens in each "
+                               "routing layer (and 0 elsewhere); the store is corrupt, re-profile it")
+        if "expert_n_fired" in ds:
+            if ((ds["expert_n_fired"] + ds["expert_n_nonfinite"]).isel(language=li).values
+                    > routed[..., None]).any():
+                raise ResultsError(f"{path}: language {lang}: an expert's neuron counts exceed the tokens routed "
+                                   "to it; the store is corrupt, re-profile it")
 
 
 def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
@@ -105,7 +122,7 @@ def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
         raise ResultsError(f"{path} kept no shard partials (--keep-partials none): bootstrap and other "
                            "per-shard analyses need them; re-profile with --keep-partials counts or all")
     ds = xr.open_zarr(loc.zarr_url, group="partials", consolidated=False)
-    ds = ds.drop_vars([v for v in ALL_VARS if v not in kept and v in ds])  # deleted, or being deleted
+    ds = ds.drop_vars([v for v in schema.store_vars(attrs) if v not in kept and v in ds])  # deleted, or being deleted
     if committed_only:
         done = ds["committed"].values.astype(bool)
         if attrs.get("complete") and not done.all():
@@ -156,15 +173,15 @@ def verify_store(path: str) -> Verification:
         rep.problems.append(problem)
         if attrs.get("schema_version") not in schema.READABLE_VERSIONS:
             return rep
-    kept = schema.kept_partials(attrs) if not problem else ALL_VARS
+    variables = schema.store_vars(attrs)
+    kept = schema.kept_partials(attrs) if not problem else variables
     g = zarr.open_group(loc.zarr_url, mode="r", zarr_format=3)
     if "partials" not in g:
         rep.problems.append("the partials/ group is missing")
         return rep
     p = g["partials"]
-    size = {"language": len(attrs.get("languages") or []), "layer": attrs.get("n_layers"),
-            "neuron": attrs.get("d_ff"), "bin": len(attrs.get("bin_edges") or []) + 1, "shard": attrs.get("n_shards")}
-    for grp, lead, names in ((g, "language", ALL_VARS), (p, "shard", kept)):
+    size = schema.dim_sizes(attrs)
+    for grp, lead, names in ((g, "language", variables), (p, "shard", kept)):
         for v in names:
             name = f"{grp.path}/{v}".lstrip("/")
             if v not in grp:
@@ -182,9 +199,9 @@ def verify_store(path: str) -> Verification:
         return rep
     complete = bool(attrs.get("complete"))
     # (array, leading indices whose chunks must exist, None: all of them); totals once complete
-    expected = [(arr, None) for n, arr in g.arrays() if complete or n not in ALL_VARS]
-    expected += [(arr, np.flatnonzero(committed) if n in ALL_VARS else None) for n, arr in p.arrays()
-                 if n in kept or n not in ALL_VARS]
+    expected = [(arr, None) for n, arr in g.arrays() if complete or n not in variables]
+    expected += [(arr, np.flatnonzero(committed) if n in variables else None) for n, arr in p.arrays()
+                 if n in kept or n not in variables]
     for arr, leads in expected:
         missing = missing_chunks(loc, arr, leads)
         rep.problems += missing

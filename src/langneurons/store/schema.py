@@ -16,6 +16,13 @@ A results store is a Zarr v3 group laid out as::
       act_sumsq[language, layer, neuron]       float64 sum of squared activations
       act_hist[language, layer, neuron, bin]   int64   histogram, bin k = (bin_lower[k], bin_upper[k]]
       n_nonfinite[language, layer, neuron]     int64   NaN/inf activations (excluded from all of the above)
+      (mixture-of-experts models only, see "Mixture of experts" below:)
+      expert[expert], expert_neuron[expert_neuron]   coordinates: 0..E-1, 0..F_e-1
+      n_routed[language, layer, expert]        int64   counted tokens whose top-k selection includes the expert
+      router_prob_sum[language, layer, expert] float64 sum over counted tokens of the router's probability
+      expert_n_fired[language, layer, expert, expert_neuron]   int64    the neuron statistics inside
+      expert_act_sum / expert_act_sumsq[...]                   float64  each expert, over the tokens
+      expert_n_nonfinite[...]                                  int64    routed to it (no histogram)
       partials/                    one entry per shard, written by whichever worker ran it
         shard_language[shard], shard_start[shard], shard_stop[shard]   the shard plan
         n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`,
@@ -47,6 +54,21 @@ committed partials in shard order: totals are therefore bit-identical however th
 scheduled, retried or resumed. A shard's chunks are written by one writer only; its `committed`
 chunk is written last, so a reader never counts half a shard.
 
+Mixture of experts. The root attribute `moe` is null for dense models; for MoE models it records
+the layout (`sites.MoeLayout`): n_experts, top_k, expert_d_ff, `moe_layers` (layers that route),
+`dense_layers` (layers whose FFN the neuron variables count: a dense MLP, or a shared expert that
+every token passes), the router's semantics, and `expert_neurons` (whether the expert_* variables
+exist: the HF backend computes them). The neuron variables (`n_fired`, ...) hold the dense FFN
+only: all zeros in a layer outside `dense_layers`, and `neuron` has length 0 (d_ff = 0) when the
+model has no dense FFN at all (Mixtral, OLMoE, GPT-OSS). Routing follows the model's own router:
+its chosen experts are counted as it returned them (softmax before or after top-k, renormalised or
+not, ties as torch.topk broke them), never recomputed. `router_prob_sum` sums softmax over all
+experts of the router logits in float32 (the distribution the router's top-k is taken from;
+GPT-OSS takes top-k of the raw logits and softmaxes only those: the full softmax is stored). Per
+layer in `moe_layers`, n_routed sums to top_k * n_tokens and router_prob_sum to n_tokens (up to
+rounding). Expert histograms are not stored: one per expert would multiply the histogram, already
+the largest variable, by the number of experts (128 for Qwen3-30B-A3B: ~300 MB per shard).
+
 Token and value conventions (the spec every backend and kernel follows):
 - a token counts once per language it belongs to; padding never counts; special tokens added by the
   tokenizer (BOS/EOS) are excluded unless `include_special_tokens` is set;
@@ -58,7 +80,6 @@ Token and value conventions (the spec every backend and kernel follows):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -67,9 +88,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 3  # 3: narrow partials, `partials_kept`; 2: attribute checksum, `state`, every chunk written
-#: Versions this langneurons reads (a version-2 store has wide partials, all of them kept).
-READABLE_VERSIONS: tuple[int, ...] = (2, 3)
+SCHEMA_VERSION = 4  # 4: `moe` and the MoE variables; 3: narrow partials, `partials_kept`; 2: attribute
+#                    checksum, `state`, every chunk written
+#: Versions this langneurons reads (a version-2 store has wide partials, all of them kept; stores
+#: before version 4 are dense: no `moe` attribute).
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4)
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -80,6 +103,10 @@ DEFAULT_EDGES: tuple[float, ...] = (
 #: Variables with a neuron axis, in the order they are written; all summed over shards.
 NEURON_VARS: tuple[str, ...] = ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")
 ALL_VARS: tuple[str, ...] = ("n_tokens",) + NEURON_VARS
+#: Mixture-of-experts variables (see "Mixture of experts" above): routing, and neurons inside experts.
+ROUTING_VARS: tuple[str, ...] = ("n_routed", "router_prob_sum")
+EXPERT_VARS: tuple[str, ...] = ("expert_n_fired", "expert_act_sum", "expert_act_sumsq", "expert_n_nonfinite")
+MOE_VARS: tuple[str, ...] = ROUTING_VARS + EXPERT_VARS
 
 DTYPES: dict[str, np.dtype] = {
     "n_tokens": np.dtype("int64"),
@@ -88,6 +115,12 @@ DTYPES: dict[str, np.dtype] = {
     "act_sumsq": np.dtype("float64"),
     "act_hist": np.dtype("int64"),
     "n_nonfinite": np.dtype("int64"),
+    "n_routed": np.dtype("int64"),
+    "router_prob_sum": np.dtype("float64"),
+    "expert_n_fired": np.dtype("int64"),
+    "expert_act_sum": np.dtype("float64"),
+    "expert_act_sumsq": np.dtype("float64"),
+    "expert_n_nonfinite": np.dtype("int64"),
 }
 
 #: Per-shard partials as stored: narrow, exact under PARTIAL_MAX_TOKENS (see the module docstring).
@@ -98,22 +131,39 @@ PARTIAL_DTYPES: dict[str, np.dtype] = {
     "act_sumsq": np.dtype("float32"),
     "act_hist": np.dtype("int32"),
     "n_nonfinite": np.dtype("int32"),
+    "n_routed": np.dtype("int32"),
+    "router_prob_sum": np.dtype("float32"),
+    "expert_n_fired": np.dtype("int32"),
+    "expert_act_sum": np.dtype("float32"),
+    "expert_act_sumsq": np.dtype("float32"),
+    "expert_n_nonfinite": np.dtype("int32"),
 }
 #: The most counted tokens one shard may hold: every int32 partial count is at most this.
 PARTIAL_MAX_TOKENS = int(np.iinfo(np.int32).max)
 
-#: What `--keep-partials` keeps once a run is complete: the partial variables that stay.
+#: What `--keep-partials` keeps once a run is complete: the partial variables that stay (of those
+#: the store has: `store_vars`).
 KEEP_PARTIALS: dict[str, tuple[str, ...]] = {
-    "all": ALL_VARS,
-    "counts": ("n_tokens", "n_fired", "n_nonfinite"),  # what bootstrap over LAPE resamples
+    "all": ALL_VARS + MOE_VARS,
+    # what bootstrap over LAPE (neurons, experts) resamples
+    "counts": ("n_tokens", "n_fired", "n_nonfinite", "n_routed", "expert_n_fired", "expert_n_nonfinite"),
     "none": (),
 }
+
+
+def store_vars(attrs: dict) -> tuple[str, ...]:
+    """The variables a store holds (totals, and partials until the run is complete)."""
+    moe = attrs.get("moe")
+    if not moe:
+        return ALL_VARS
+    return ALL_VARS + ROUTING_VARS + (EXPERT_VARS if moe.get("expert_neurons") else ())
 
 
 def kept_partials(attrs: dict) -> tuple[str, ...]:
     """The partial variables a store holds: all of them until the run is complete (and in
     version-2 stores), then those its `partials_kept` names."""
-    return KEEP_PARTIALS[attrs.get("partials_kept") or "all"]
+    keep = KEEP_PARTIALS[attrs.get("partials_kept") or "all"]
+    return tuple(v for v in store_vars(attrs) if v in keep)
 
 
 #: Dimension names after the leading `language` (totals) or `shard` (partials) axis.
@@ -124,7 +174,30 @@ TRAILING_DIMS: dict[str, tuple[str, ...]] = {
     "act_sumsq": ("layer", "neuron"),
     "act_hist": ("layer", "neuron", "bin"),
     "n_nonfinite": ("layer", "neuron"),
+    "n_routed": ("layer", "expert"),
+    "router_prob_sum": ("layer", "expert"),
+    **{v: ("layer", "expert", "expert_neuron") for v in EXPERT_VARS},
 }
+
+def dim_sizes(attrs: dict) -> dict[str, int]:
+    """The length of every dimension of a store, from its root attributes."""
+    size = {"language": len(attrs.get("languages") or []), "layer": attrs.get("n_layers"),
+            "neuron": attrs.get("d_ff"), "bin": len(attrs.get("bin_edges") or []) + 1, "shard": attrs.get("n_shards")}
+    moe = attrs.get("moe")
+    if moe:
+        size.update(expert=moe["n_experts"], expert_neuron=moe["expert_d_ff"])
+    return size
+
+
+def chunk_shape(dims: tuple[str, ...], size: dict[str, int]) -> tuple:
+    """A variable's chunks: one language (or shard) each; histograms and expert neurons also one
+    layer each (chunks of MBs). A dimension of length 0 (a MoE model's `neuron` without a dense
+    FFN) leaves the variable without any chunk."""
+    c = [1] + [max(size[d], 1) for d in dims]
+    if "bin" in dims or "expert_neuron" in dims:
+        c[1] = 1
+    return tuple(c)
+
 
 #: A language code: ASCII letters, digits, '-' and '_' (`pt-BR`, `zho_Hans`), at most 64 long.
 #: Codes are coordinate values and name files of exports and plots, so '/', '..', spaces and the
@@ -146,8 +219,9 @@ class ModelInfo:
     fingerprint: str        # identifies the weights (profiler.backends.base.model_fingerprint)
     architecture: str       # config.model_type
     n_layers: int
-    d_ff: int
+    d_ff: int               # width of the neuron variables: the dense FFN (0: a MoE model without one)
     dtype: str              # torch dtype name the forward pass ran in
+    moe: dict | None = None  # a MoE model's layout as recorded (sites.MoeLayout.record()), else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +270,7 @@ def identity(counting: dict, info: ModelInfo, corpus: CorpusFacts) -> dict:
 def model_mismatch(expected: ModelInfo, got: ModelInfo) -> str | None:
     """How the model a worker loaded (`got`) differs from the one the store was made for, or None.
     The path may differ (another node mounts it elsewhere); the facts may not."""
-    keys = ("fingerprint", "architecture", "n_layers", "d_ff", "dtype")
+    keys = ("fingerprint", "architecture", "n_layers", "d_ff", "dtype", "moe")
     diff = [f"{k}: the store has {getattr(expected, k)!r}, the worker loaded {getattr(got, k)!r}"
             for k in keys if getattr(expected, k) != getattr(got, k)]
     return "; ".join(diff) or None
@@ -225,6 +299,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
         "tokens_per_language": None if corpus.tokens is None else dict(corpus.tokens),
         "max_tokens_per_language": corpus.max_tokens_per_language,
         "include_special_tokens": ident["include_special_tokens"],
+        "moe": info.moe,
         "config": config,
         "run_only_config_fields": sorted(run_only),
         "versions": versions,
@@ -236,7 +311,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
 ATTRS: tuple[str, ...] = (
     "langneurons_version", "model", "revision", "model_fingerprint", "architecture", "site", "threshold",
     "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "rows_per_language",
-    "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens",
+    "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens", "moe",
     "config", "run_only_config_fields", "versions",
     "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
     "partials_kept", "created", "completed", "schema_version", "checksum",
@@ -302,76 +377,3 @@ def bin_bounds(edges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     lower = np.concatenate([[-np.inf], e])
     upper = np.concatenate([e, [np.inf]])
     return lower, upper
-
-
-class PartialOverflow(ValueError):
-    """A shard's statistics that its narrow partial cannot hold."""
-
-
-@dataclass
-class Stats:
-    """Statistics of one language over some tokens (one shard, or a total): host numpy arrays.
-
-    Shapes: n_fired/act_sum/act_sumsq/n_nonfinite [L, F]; act_hist [L, F, B]; n_tokens scalar.
-    """
-
-    n_tokens: int
-    n_fired: np.ndarray
-    act_sum: np.ndarray
-    act_sumsq: np.ndarray
-    act_hist: np.ndarray
-    n_nonfinite: np.ndarray
-
-    @classmethod
-    def zeros(cls, n_layers: int, d_ff: int, n_bins: int) -> "Stats":
-        z = lambda *s, v: np.zeros(s, dtype=DTYPES[v])  # noqa: E731
-        return cls(
-            n_tokens=0,
-            n_fired=z(n_layers, d_ff, v="n_fired"),
-            act_sum=z(n_layers, d_ff, v="act_sum"),
-            act_sumsq=z(n_layers, d_ff, v="act_sumsq"),
-            act_hist=z(n_layers, d_ff, n_bins, v="act_hist"),
-            n_nonfinite=z(n_layers, d_ff, v="n_nonfinite"),
-        )
-
-    def __iadd__(self, other: "Stats") -> "Stats":
-        self.n_tokens += int(other.n_tokens)
-        for v in NEURON_VARS:
-            getattr(self, v).__iadd__(getattr(other, v))
-        return self
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """All variables as arrays (n_tokens as a 0-d int64 array), keyed by schema name."""
-        d = {v: getattr(self, v) for v in NEURON_VARS}
-        d["n_tokens"] = np.asarray(self.n_tokens, dtype=np.int64)
-        return d
-
-    def partial_arrays(self) -> dict[str, np.ndarray]:
-        """The variables as a shard's partial stores them (PARTIAL_DTYPES); PartialOverflow
-        when they would not fit exactly (too many tokens) or at all (a sum beyond float32)."""
-        if self.n_tokens > PARTIAL_MAX_TOKENS:
-            raise PartialOverflow(f"{self.n_tokens:,} counted tokens, more than a shard may hold "
-                                  f"({PARTIAL_MAX_TOKENS:,}, the int32 bound of its counts)")
-        out = {}
-        for v, a in self.arrays().items():
-            a = np.asarray(a)
-            kind = PARTIAL_DTYPES[v]
-            if kind.kind == "i" and a.size and (a.max() > np.iinfo(kind).max or a.min() < np.iinfo(kind).min):
-                raise PartialOverflow(f"{v} holds {int(a.max()):,}, more than {kind} holds, with only "
-                                      f"{self.n_tokens:,} tokens: these statistics are inconsistent")
-            with np.errstate(over="ignore"):  # an overflow is refused just below
-                narrow = a.astype(kind)
-            if kind.kind == "f" and np.isinf(narrow).any() and np.isfinite(a).all():
-                raise PartialOverflow(f"{v} reaches {float(np.abs(a).max()):.3g}, beyond float32's range: the "
-                                      "model's activations are too large for these statistics")
-            out[v] = narrow
-        return out
-
-    def equal(self, other: "Stats") -> bool:
-        """Bit-for-bit equality (floats compared exactly, as resume guarantees)."""
-        return self.n_tokens == other.n_tokens and all(
-            np.array_equal(getattr(self, v), getattr(other, v)) for v in NEURON_VARS
-        )
-
-    def copy(self) -> "Stats":
-        return dataclasses.replace(self, **{v: getattr(self, v).copy() for v in NEURON_VARS})

@@ -44,7 +44,8 @@ from langneurons.store.location import (
     resolve,
 )
 from langneurons.store.lock import StoreLock
-from langneurons.store.schema import ALL_VARS, DTYPES, KEEP_PARTIALS, PARTIAL_DTYPES, TRAILING_DIMS, PartialOverflow, Stats
+from langneurons.store.schema import DTYPES, KEEP_PARTIALS, PARTIAL_DTYPES, TRAILING_DIMS
+from langneurons.store.stats import PartialOverflow, Stats
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,6 @@ def _array(g: zarr.Group, name: str, data: np.ndarray | None, shape, dtype, chun
     if data is not None:
         a[...] = data
     return a
-
-
-def _chunks(lead: int, dims: tuple[str, ...], n_layers: int, d_ff: int, n_bins: int) -> tuple:
-    """One leading index per chunk; histograms also split per layer to keep chunks ~MBs."""
-    size = {"layer": n_layers, "neuron": d_ff, "bin": n_bins}
-    c = [lead] + [size[d] for d in dims]
-    if "bin" in dims:
-        c[1] = 1
-    return tuple(c)
 
 
 def _open(loc: Location, mode: str) -> zarr.Group:
@@ -133,8 +125,10 @@ class ResultsStore:
         self.group = group
         self.partials = group["partials"]
         self.n_shards = int(self.partials["committed"].shape[0])
+        attrs = dict(group.attrs)
+        self.variables = schema.store_vars(attrs)
         # The partial variables this store holds: all until the run completes (schema.KEEP_PARTIALS)
-        self.kept = schema.kept_partials(dict(group.attrs))
+        self.kept = schema.kept_partials(attrs)
 
     def _arr(self, group: zarr.Group, name: str) -> zarr.Array:
         return group[name].with_config(WRITE_ALL)
@@ -150,7 +144,7 @@ class ResultsStore:
         ins = inspect(loc)
         action = _decide(loc, ins, resume=resume, overwrite=overwrite)
         if action == "resume":
-            return cls._resume(loc, identity, shards)
+            return cls._resume(loc, identity, shards, attrs.get("moe"))
         if action == "replace":
             if ins.creating:
                 log.info("%s: replacing a store whose creation never finished", loc.url)
@@ -183,12 +177,12 @@ class ResultsStore:
         })
         # The identity goes first: an interrupted creation is recognisable as ours (and replaced).
         g = zarr.create_group(store=loc.zarr_url, zarr_format=3, attributes=root, overwrite=False)
-        n_bins = len(edges) + 1
+        size = schema.dim_sizes(root)
         lower, upper = schema.bin_bounds(tuple(edges))
-        coords = {"layer": np.arange(n_layers), "neuron": np.arange(d_ff), "bin": np.arange(n_bins)}
+        coords = {d: np.arange(size[d]) for d in ("layer", "neuron", "bin", "expert", "expert_neuron") if d in size}
         for grp in (g, g.require_group("partials")):
             for name, values in coords.items():
-                _array(grp, name, values, values.shape, "int64", values.shape, (name,))
+                _array(grp, name, values, values.shape, "int64", (max(values.size, 1),), (name,))
             _array(grp, "bin_lower", lower, lower.shape, "float64", lower.shape, ("bin",))
             _array(grp, "bin_upper", upper, upper.shape, "float64", upper.shape, ("bin",))
         L = len(languages)
@@ -201,21 +195,21 @@ class ResultsStore:
         _array(p, "shard_stop", np.asarray([s.stop for s in shards]), (S,), "int64", (S,), ("shard",))
         _array(p, "committed", np.zeros(S, np.uint8), (S,), "uint8", (1,), ("shard",))
         for grp, lead, n in ((g, "language", L), (p, "shard", S)):
-            for v in ALL_VARS:
+            for v in schema.store_vars(root):
                 dims = TRAILING_DIMS[v]
-                shape = (n,) + tuple({"layer": n_layers, "neuron": d_ff, "bin": n_bins}[d] for d in dims)
+                shape = (n,) + tuple(size[d] for d in dims)
                 extra = {"coordinates": "bin_lower bin_upper"} if v == "act_hist" else None
                 if grp is p and v == "n_tokens":
                     extra = {"coordinates": "shard_language shard_start shard_stop"}
                 dtype, codecs = (DTYPES[v], COMPRESSORS) if grp is g else (PARTIAL_DTYPES[v], PARTIAL_COMPRESSORS)
-                _array(grp, v, None, shape, dtype, _chunks(1, dims, n_layers, d_ff, n_bins),
-                       (lead,) + dims, extra, codecs)
+                _array(grp, v, None, shape, dtype, schema.chunk_shape(dims, size), (lead,) + dims, extra, codecs)
         store = cls(loc, g)
         store._set_attrs(state="profiling")
         return store
 
     @classmethod
-    def _resume(cls, loc: Location, identity: dict[str, Any], shards: Sequence[Shard]) -> "ResultsStore":
+    def _resume(cls, loc: Location, identity: dict[str, Any], shards: Sequence[Shard],
+                moe: dict | None = None) -> "ResultsStore":
         """Reopen an interrupted (or complete) run; refuse a store made by another model, config or
         shard plan, or edited. Damaged committed partials are profiled again while the store
         holds every partial; once some were deleted the totals stand, and damage is reported."""
@@ -233,10 +227,13 @@ class ResultsStore:
             lines = "; ".join(f"{k}: store has {stored.get(k)!r}, this run has {identity.get(k)!r}" for k in diff)
             raise StoreError(f"cannot resume {loc.url}: it was made with a different model/config ({lines}). "
                              "Use the same settings, or --overwrite / another --out to start afresh")
+        if attrs.get("moe") != moe:  # the variables a run writes follow its backend (expert neurons: HF)
+            raise StoreError(f"cannot resume {loc.url}: it records the MoE layout {attrs.get('moe')}, this run "
+                             f"{moe}; resume with the backend that started it (--backend {attrs.get('backend')})")
         store = cls(loc, g)
         store._check_plan(shards)
         for i, why in store.damaged_shards():
-            if store.kept != ALL_VARS:  # its totals cannot be summed again: they stand as they are
+            if store.kept != store.variables:  # its totals cannot be summed again: they stand as they are
                 log.warning("%s: the kept partial of shard %d is damaged (%s); the totals are intact, but "
                             "bootstrap needs it: re-profile into a new --out, or restore the store from a copy",
                             loc.url, i, why)
@@ -326,11 +323,10 @@ class ResultsStore:
 
     def read_shard(self, index: int) -> Stats:
         """Shard `index`'s whole partial (a store whose run is not complete keeps all of it)."""
-        if self.kept != ALL_VARS:
+        if self.kept != self.variables:
             raise StoreError(f"internal: {self.url} kept only {', '.join(self.kept) or 'no'} partials")
         try:
-            out = self._read_partial(index)
-            return Stats(n_tokens=int(out.pop("n_tokens")), **out)
+            return Stats.from_arrays(self._read_partial(index))
         except StoreError as e:
             raise StoreError(f"{e}: the committed shard is damaged. Run the same command with --resume: "
                              "damaged shards are profiled again") from e
@@ -357,7 +353,7 @@ class ResultsStore:
         # every reader ignores, and the next --resume deletes them.
         self._set_attrs(state="complete", complete=True, partials_kept=keep,
                         completed=attrs.get("completed") or _now())
-        drop = [f"partials/{v}" for v in ALL_VARS if v not in KEEP_PARTIALS[keep]]
+        drop = [f"partials/{v}" for v in self.variables if v not in KEEP_PARTIALS[keep]]
         for name in remove_arrays(self.loc, drop):
             log.warning("%s: kept %s: it holds files langneurons did not write", self.url, name)
         # Consolidated metadata lets `xr.open_zarr(path)` open the finished store in one read
@@ -377,14 +373,14 @@ class ResultsStore:
                              f"(first: {missing[:5].tolist()}); resume the run with --resume")
         languages = [str(x) for x in self.group["language"][:]]
         shard_lang = [str(x) for x in self.partials["shard_language"][:]]
-        a = self.group.attrs
+        a = dict(self.group.attrs)
         n_layers, d_ff, n_bins = int(a["n_layers"]), int(a["d_ff"]), len(a["bin_edges"]) + 1
 
         def one(li: int) -> None:
             idx = [i for i, s in enumerate(shard_lang) if s == languages[li]]
             if not idx:
                 raise StoreError(f"language {languages[li]} has no shards in the plan")
-            total = Stats.zeros(n_layers, d_ff, n_bins)   # wide: the narrow partials add into it
+            total = Stats.zeros(n_layers, d_ff, n_bins, a.get("moe"))  # wide: the narrow partials add into it
             for i in idx:
                 total += self.read_shard(i)
             for v, arr in total.arrays().items():

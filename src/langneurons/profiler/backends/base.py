@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from langneurons.store.schema import ModelInfo, Stats  # noqa: F401  (ModelInfo: re-exported)
+from langneurons.store.schema import ModelInfo  # noqa: F401  (re-exported)
+from langneurons.store.stats import Stats  # noqa: F401  (re-exported)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -23,11 +24,12 @@ class Backend(Protocol):
 
 
 def describe(model: str, revision: str | None, architecture: str, n_layers: int, d_ff: int,
-             dtype: str, fingerprint: str | None = None) -> ModelInfo:
+             dtype: str, fingerprint: str | None = None, moe=None) -> ModelInfo:
     """The ModelInfo of a model (the driver's view before loading, or a worker's after): the one
-    place it is built."""
+    place it is built. `moe`: a MoE model's sites.MoeLayout."""
     return ModelInfo(model=model, fingerprint=fingerprint or model_fingerprint(model, revision),
-                     architecture=architecture, n_layers=n_layers, d_ff=d_ff, dtype=dtype)
+                     architecture=architecture, n_layers=n_layers, d_ff=d_ff, dtype=dtype,
+                     moe=None if moe is None else moe.record())
 
 
 def model_fingerprint(model: str, revision: str | None = None) -> str:

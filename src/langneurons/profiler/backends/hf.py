@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Sequence
 
@@ -10,10 +11,10 @@ import torch
 from langneurons.config import BackendConfig, ProfileConfig
 from langneurons.kernels.dispatch import get_accumulate, get_fused, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import fused, hooks, sites, tokens
+from langneurons.profiler import fused, hooks, moe, sites, tokens
 from langneurons.profiler.backends.base import describe
 from langneurons.profiler.devices import dtype_name, placement
-from langneurons.store.schema import Stats
+from langneurons.store.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,13 @@ class HFBackend:
         self.device, dtype = placement(b.device, b.dtype)
         self.tokenizer, self.model = load_model(b, self.device, dtype)
         arch = self.model.config.model_type
+        self.arch = arch
         self.sites = sites.site_modules(self.model, arch, counting.site)
+        self.layout = sites.moe_layout(self.model, arch, expert_neurons=True)
         # what this process actually loaded (the parameters' dtype, not what was asked for)
-        self.info = describe(b.model, b.revision, arch, len(self.sites), sites.ffn_width(self.model, arch),
-                             dtype_name(next(self.model.parameters()).dtype))
+        self.info = describe(b.model, b.revision, arch, sites.num_layers(self.model, arch),
+                             sites.ffn_width(self.model, arch), dtype_name(next(self.model.parameters()).dtype),
+                             moe=self.layout)
         self.max_length = tokens.resolve_max_length(counting.max_length, tokens.position_limit(self.model.config),
                                                     "hf", quiet=True)
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, counting.bin_edges,
@@ -64,6 +68,8 @@ class HFBackend:
                                      compact=self.kernel == "reference" and self.mlps is None,
                                      fuse=get_fused(self.kernel, self.device) if self.mlps else None,
                                      site=counting.site)
+        self.moe = None if self.layout is None else moe.MoeAccumulator.zeros(
+            1, self.info.n_layers, self.layout, counting.threshold, self.device)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:  # padded positions are masked out, so any id will do
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -76,7 +82,11 @@ class HFBackend:
         self.acc.zero_()
         installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))
-        with installed:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(installed)
+            if self.moe is not None:
+                self.moe.zero_()
+                stack.enter_context(moe.installed(self.model, self.arch, self.state, self.moe))
             for batch in tokens.batches_by_budget([len(s) for s in enc.input_ids], self.counting.batch_tokens):
                 ids, attn, lang = self._pad([enc.input_ids[i] for i in batch], [enc.counted[i] for i in batch])
                 self.state.set_batch(lang.reshape(-1), self.device)
@@ -85,7 +95,10 @@ class HFBackend:
                 # is a fifth of a small multilingual model's FLOPs.
                 self.model.base_model(input_ids=ids, attention_mask=attn, use_cache=False)
         self.state.clear()
-        return self.acc.to_stats(0)
+        stats = self.acc.to_stats(0)
+        if self.moe is not None:
+            stats.moe = self.moe.to_arrays(0)
+        return stats
 
     def _pad(self, seqs: list[list[int]], counted: list[list[bool]]):
         """Right-pad one batch (ids and mask on the device); token_lang, on the host, is 0 for

@@ -31,7 +31,8 @@ from langneurons.profiler import sites, tokens
 from langneurons.profiler.backends import vllm_worker
 from langneurons.profiler.backends.base import describe
 from langneurons.profiler.devices import dtype_name, placement
-from langneurons.store.schema import NEURON_VARS, Stats
+from langneurons.store.schema import NEURON_VARS, ROUTING_VARS
+from langneurons.store.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,24 @@ class VLLMBackend:
         log.info("vLLM workers reduce with the %s kernel", self.kernel)
         # what the workers actually loaded, as they report it
         self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
-                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"])
+                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], moe=self._layout(mcfg, ranks[0]["moe"]))
+
+    def _layout(self, mcfg, routing: dict | None):
+        """The MoE layout (routing only: no expert neurons from vLLM), from the transformers model's
+        modules on the meta device (the table's one description), checked against what vLLM built."""
+        if routing is None:
+            return None
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(mcfg)
+        layout = sites.moe_layout(m, self.model_type, expert_neurons=False)
+        got = (routing["n_experts"], routing["top_k"], tuple(routing["moe_layers"]))
+        if got != (layout.n_experts, layout.top_k, layout.moe_layers):
+            raise RuntimeError(f"vLLM built routing layers {got} (experts, top-k, layers), transformers' model "
+                               f"{(layout.n_experts, layout.top_k, layout.moe_layers)}; refusing to count")
+        return layout
 
     def _apply(self, fn):
         with insecure_serialization():
@@ -150,6 +168,7 @@ class VLLMBackend:
         stats = Stats(
             n_tokens=int(parts[0]["n_tokens"]),
             **{v: np.concatenate([p[v] for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
+            moe={v: parts[0][v] for v in ROUTING_VARS if v in parts[0]},  # replicated gate: rank 0's
         )
         if stats.n_tokens != enc.n_counted:
             raise RuntimeError(f"vLLM computed {stats.n_tokens} counted tokens, expected {enc.n_counted}: "

@@ -11,6 +11,14 @@ both), each sequence appears whole and contiguous, starting at position 0. So th
 special tokens are recognised by position alone: the first `n_prefix` and the last `n_suffix`
 tokens of each sequence (the HF backend's `special_tokens_mask`, which the driver checked is the
 same for every sentence). The mask is built on the device from `positions`, without a host sync.
+
+Mixture of experts: each routing layer's router reports the expert ids it chose through the
+fused-MoE router's `set_capture_fn` (what vLLM itself uses to capture routed experts, called
+before any expert-parallel remapping: logical ids), and a forward hook on the gate reads its
+logits for `router_prob_sum`; both reduce with `moe.routing_accumulate_`, the HF backend's spec.
+The gate is replicated, so every tensor-parallel rank counts the same routing; rank 0's is used.
+vLLM's fused-MoE kernels never materialise an expert's activations where a hook could see them
+(on the CPU they run on repacked weights), so no expert neuron statistics come from vLLM.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ from torch import nn
 
 from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import hooks, sites
+from langneurons.profiler import hooks, moe, sites
 from langneurons.profiler.devices import dtype_name
 
 
 @dataclass
 class _Engine:
     state: hooks.HookState
+    moe: moe.MoeAccumulator | None = None
     n_prefix: int = 0
     n_suffix: int = 0
     handles: list = field(default_factory=list)
@@ -56,11 +65,21 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
     if getattr(model, "_langneurons", None) is not None:
         uninstall(model)
     points, d_local = sites.vllm_site_modules(model, model_type, site, ACT2FN[act])
-    param = next(points[0].module.parameters())
+    n_layers = len(sites._get(model, sites.vllm_spec(model_type).layers))
+    param = next(model.parameters())
     chosen = resolve(kernel, param.device)
-    acc = Accumulator.zeros(1, len(points), d_local, edges, threshold, param.device)
+    acc = Accumulator.zeros(1, n_layers, d_local, edges, threshold, param.device)
     engine = _Engine(hooks.HookState(acc, get_accumulate(chosen, param.device), compact=False, site=site))
     engine.state.active = False
+    sparse = sites.vllm_sparse_blocks(model, model_type)
+    layout = None
+    if sparse:
+        first = sparse[0][1].experts
+        layout = dict(n_experts=int(first.router.global_num_experts), top_k=int(first.router.top_k),
+                      moe_layers=[i for i, _ in sparse])
+        engine.moe = moe.MoeAccumulator.zeros(1, n_layers, sites.MoeLayout(
+            layout["n_experts"], layout["top_k"], 0, tuple(layout["moe_layers"]), (), "", False, False),
+            threshold, param.device)
 
     def top_pre(_m, args, kwargs):
         if engine.state.active:
@@ -70,8 +89,43 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
 
     engine.handles.append(model.register_forward_pre_hook(top_pre, with_kwargs=True))
     engine.handles += hooks.install(points, engine.state)
+    for layer, block in sparse:
+        engine.handles += _install_routing(engine, layer, block)
     model._langneurons = engine
-    return {"n_layers": len(points), "d_local": d_local, "dtype": dtype_name(param.dtype), "kernel": chosen}
+    return {"n_layers": n_layers, "d_local": d_local, "dtype": dtype_name(param.dtype), "kernel": chosen,
+            "moe": layout}
+
+
+class _Handle:
+    """A removable handle for something that is not a torch hook (the router's capture callback)."""
+
+    def __init__(self, remove):
+        self.remove = remove
+
+
+def _install_routing(engine: _Engine, layer: int, block: nn.Module) -> list:
+    """The gate's logits (router_prob_sum) and the router's chosen ids (n_routed) of one layer."""
+    state, macc = engine.state, engine.moe
+    logits_of_pass: dict[str, torch.Tensor] = {}
+
+    def gate_hook(_m, _args, output):
+        if state.active:
+            logits_of_pass["logits"] = output[0] if isinstance(output, tuple) else output
+
+    def capture(topk_ids: torch.Tensor) -> None:
+        if state.active:
+            state.check_batch()
+            logits = logits_of_pass.pop("logits", None)
+            if logits is None:
+                raise RuntimeError(f"internal: layer {layer}'s router chose experts without its gate running")
+            moe.routing_accumulate_(macc, layer, logits, topk_ids, state.token_lang)
+
+    router = block.experts.router
+    if getattr(router, "capture_fn", None) is not None:
+        raise RuntimeError("vLLM is already capturing routed experts (enable_return_routed_experts); "
+                           "turn that off to profile with langneurons")
+    router.set_capture_fn(capture)
+    return [block.gate.register_forward_hook(gate_hook), _Handle(lambda: router.set_capture_fn(None))]
 
 
 def set_special(model: nn.Module, n_prefix: int, n_suffix: int) -> None:
@@ -80,18 +134,23 @@ def set_special(model: nn.Module, n_prefix: int, n_suffix: int) -> None:
 
 
 def start(model: nn.Module) -> None:
-    state = model._langneurons.state
-    state.acc.zero_()
-    state.active = True
+    engine = model._langneurons
+    engine.state.acc.zero_()
+    if engine.moe is not None:
+        engine.moe.zero_()
+    engine.state.active = True
 
 
 def stop(model: nn.Module) -> dict:
     """Stop counting; return this rank's statistics as host numpy arrays."""
-    state = model._langneurons.state
-    state.active = False
-    state.clear()
-    s = state.acc.to_stats(0)
-    return {"n_tokens": s.n_tokens, **{k: v for k, v in s.arrays().items() if k != "n_tokens"}}
+    engine = model._langneurons
+    engine.state.active = False
+    engine.state.clear()
+    s = engine.state.acc.to_stats(0)
+    out = {"n_tokens": s.n_tokens, **{k: v for k, v in s.arrays().items() if k != "n_tokens"}}
+    if engine.moe is not None:
+        out.update(engine.moe.to_arrays(0))
+    return out
 
 
 def uninstall(model: nn.Module) -> None:
