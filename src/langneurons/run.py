@@ -158,6 +158,10 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
     info = describe(b.model, b.revision, mcfg.model_type, sites.num_layers(m, mcfg.model_type),
                     sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint,
                     moe=sites.moe_layout(m, mcfg.model_type, expert_neurons=b.name == "hf"))
+    if b.name == "vllm":
+        from langneurons.profiler.backends.vllm import check_tensor_parallel
+
+        check_tensor_parallel(mcfg, b.tensor_parallel, info.d_ff, (info.moe or {}).get("expert_d_ff", 0))
     return info, max_length
 
 

@@ -93,9 +93,13 @@ def run_shards(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bo
 
 
 def actor_options(cfg: ProfileConfig, gpu: bool) -> dict[str, Any]:
+    """A worker's resources: on GPUs one per tensor-parallel rank (a vLLM engine's ranks are
+    processes beside its worker, so all of them on the worker's node: Ray places an actor whole);
+    on CPUs --threads-per-worker, at least one core per rank."""
+    tp = cfg.backend.tensor_parallel if cfg.backend.name == "vllm" else 1
     opts: dict[str, Any] = dict(max_restarts=-1, max_task_retries=0, scheduling_strategy="SPREAD",
-                                num_gpus=1 if gpu else 0,
-                                num_cpus=1 if gpu else (cfg.cluster.threads_per_worker or 1))
+                                num_gpus=tp if gpu else 0,
+                                num_cpus=1 if gpu else max(cfg.cluster.threads_per_worker or 1, tp))
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_PREFIX) or k in FORWARD_ENV}
     if env:
         opts["runtime_env"] = {"env_vars": env}
@@ -137,7 +141,7 @@ class _Scheduler:
         cls = ray.remote(WorkerActor).options(**opts)
         self.slots = [_Slot(f"w{i}", cls.remote(cfg, cfg.store.out)) for i in range(n)]
         log.info("%d Ray workers (%s) for %d shards", n,
-                 "1 GPU each" if gpu else f"{threads or 'cores/workers'} CPU threads each",
+                 f"{opts['num_gpus']} GPU(s) each" if gpu else f"{threads or 'cores/workers'} CPU threads each",
                  len(todo))
 
     # --- the loop --------------------------------------------------------------------------

@@ -13,7 +13,10 @@
   costs the CUDA-graph speed-up of decode, which prefill-only profiling barely uses.
 - Tensor parallel: rank r holds neurons [r*F/tp, (r+1)*F/tp) of each layer (vLLM's column/row
   parallel split of the MLP); the ranks' statistics are concatenated in rank order, which is the
-  model's own neuron order.
+  model's own neuron order. The ranks are processes on this node (`distributed_executor_backend
+  "mp"`: inside a Ray worker too, which holds the tp GPUs they use). On the CPU each rank's OpenMP
+  threads are bound to its own share of this process's cores (VLLM_CPU_OMP_THREADS_BIND, unless
+  set), so ranks never compete for a core.
 """
 
 from __future__ import annotations
@@ -65,6 +68,57 @@ def insecure_serialization() -> Iterator[None]:
             os.environ[INSECURE] = before
 
 
+def check_tensor_parallel(mcfg, tp: int, d_ff: int, expert_d_ff: int = 0) -> None:
+    """Refuse a tensor-parallel size vLLM cannot split this model by (before any engine starts):
+    each rank takes an equal share of the attention heads and of every FFN's neurons; KV heads
+    may also be replicated (tp a multiple of them)."""
+    if tp <= 1:
+        return
+    cfg = mcfg.get_text_config()
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    problems = []
+    if heads and heads % tp:
+        problems.append(f"its {heads} attention heads")
+    if kv and kv % tp and tp % kv:
+        problems.append(f"its {kv} key/value heads (nor is it a multiple of them)")
+    for width, what in ((d_ff, "FFN"), (expert_d_ff, "experts' FFN")):
+        if width % tp:
+            problems.append(f"its {what} width {width}")
+    if problems:
+        raise ValueError(f"--vllm-tensor-parallel {tp} does not divide {' or '.join(problems)}: vLLM gives each "
+                         "rank an equal share. Use a size that divides them (1 always works)")
+
+
+BIND = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def thread_binding(cores: list[int], tp: int) -> str:
+    """vLLM's CPU binding for `tp` ranks: this process's cores split into tp contiguous groups
+    ("0|1" for two ranks on two cores; "0-3|4-7" on eight). Fewer cores than ranks: an error."""
+    if len(cores) < tp:
+        raise ValueError(f"--vllm-tensor-parallel {tp} on the CPU needs at least {tp} cores, this process may "
+                         f"use {len(cores)}: lower it, or give the process more cores")
+    per = len(cores) // tp
+    groups = [cores[r * per:(r + 1) * per] for r in range(tp)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 and g[-1] - g[0] == len(g) - 1 else ",".join(map(str, g))
+                    for g in groups)
+
+
+@contextlib.contextmanager
+def _cpu_thread_binding(tp: int) -> Iterator[None]:
+    """Set VLLM_CPU_OMP_THREADS_BIND for a CPU tensor-parallel engine while it starts (a user's
+    setting wins); nothing for one rank."""
+    if tp <= 1 or os.environ.get(BIND):
+        yield
+        return
+    os.environ[BIND] = thread_binding(sorted(os.sched_getaffinity(0)), tp)
+    try:
+        yield
+    finally:
+        os.environ.pop(BIND, None)
+
+
 def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
     """(n_prefix, n_suffix) uncounted tokens, the same for every sentence, or an error."""
     patterns = set()
@@ -99,10 +153,14 @@ class VLLMBackend:
         self.max_length = tokens.resolve_max_length(self.counting.max_length, tokens.position_limit(mcfg), "vllm",
                                                     quiet=True)
         budget = max(self.counting.batch_tokens, self.max_length)
-        with insecure_serialization():  # the engine's processes start here, and keep the switch
+        tp = b.tensor_parallel
+        device = placement(b.device, b.dtype)[0]
+        with insecure_serialization(), _cpu_thread_binding(tp if device.type == "cpu" else 1):
+            # the engine's processes start here, and keep both settings
             self.llm = vllm.LLM(
                 model=b.model, tokenizer=b.model, revision=b.revision, dtype=dtype,
-                trust_remote_code=b.trust_remote_code, tensor_parallel_size=b.tensor_parallel,
+                trust_remote_code=b.trust_remote_code, tensor_parallel_size=tp,
+                distributed_executor_backend="mp" if tp > 1 else None,
                 gpu_memory_utilization=b.gpu_memory_utilization,
                 enable_prefix_caching=False, enable_chunked_prefill=False,
                 max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
