@@ -129,6 +129,13 @@ def test_profiling_leaves_the_model_output_unchanged(models, arch):
     assert torch.equal(got, want) and torch.equal(again, want)
     assert int(macc.n_routed.sum()) == len(layout.moe_layers) * TOP_K * int(attn.sum())
     assert all("forward" not in vars(getattr(b, "experts")) for _, b in sites.sparse_blocks(model, arch))
+    # a wrapper another library installed on an experts module (accelerate does) is put back
+    experts = sites.sparse_blocks(model, arch)[0][1].experts
+    wrapper = experts.forward
+    experts.forward = wrapper
+    with moe.installed(model, arch, state, macc):
+        assert experts.forward is not wrapper
+    assert vars(experts)["forward"] is wrapper
 
 
 def test_padding_and_special_tokens_are_never_routed(models):
@@ -235,9 +242,16 @@ def test_score_prints_the_expert_table_and_writes_the_heatmap(models, corpus, tm
     out = tmp_path / "r.zarr"
     _profile(models, arch, corpus, out)
     report = tmp_path / "report"
-    assert main(["score", str(out), "--plot", "--export", "--out", str(report), "--pivot", "fr"]) == 0
-    text = capsys.readouterr().out
     moe_layers, dense_layers, d_ff = LAYOUTS[arch]
+    assert main(["score", str(out), "--plot", "--export", "--out", str(report), "--pivot", "fr",
+                 "--bootstrap", "5"]) == 0
+    text = capsys.readouterr().out
+    # routing: JS intervals per routing layer for every language but the pivot, from kept n_routed
+    boot = text.split("JS divergence from fr, 95% intervals per routing layer:\n")[1].splitlines()
+    assert [b.split(":")[0].strip() for b in boot[:2]] == ["en", "ru"]
+    assert all(f"{layer}:[" in boot[0] for layer in moe_layers)
+    if d_ff:  # the dense layers' neurons, from kept n_fired
+        assert "per-layer 95% intervals (per-language bounds, summed) assignments: 0:[" in text
     lines = text.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("layer") and "JS en" in ln)
     assert "JS fr" in lines[head] and "H ru" in lines[head] and "#en" in lines[head]
@@ -359,3 +373,21 @@ def test_every_kernel_counts_experts_as_the_cpu_default(models, kernel):
         np.testing.assert_array_equal(got.moe[v], want.moe[v])
     np.testing.assert_allclose(got.moe["expert_act_sum"], want.moe["expert_act_sum"], rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(got.n_fired, want.n_fired)
+
+
+def test_divergence_bootstrap_is_seeded_and_brackets_the_spread(models, corpus, tmp_path):
+    from langneurons import open_partials, open_results
+    from langneurons.scoring import routing
+
+    out = tmp_path / "r.zarr"
+    _profile(models, "olmoe", corpus, out)
+    ds, parts = open_results(str(out)), open_partials(str(out))
+    lo, hi = routing.divergence_bootstrap(parts, ds, "en", n_resamples=30)
+    lo2, hi2 = routing.divergence_bootstrap(parts, ds, "en", n_resamples=30)
+    assert lo.equals(lo2) and hi.equals(hi2)                          # seeded
+    assert lo.dims == ("language", "layer") and list(lo["layer"].values) == [0, 1]
+    assert (lo.sel(language="en") == 0).all() and (hi.sel(language="en") == 0).all()
+    assert (lo <= hi).all() and (hi.sel(language=["fr", "ru"]) > lo.sel(language=["fr", "ru"])).all()
+    assert ((hi >= 0) & (hi <= 1)).all()
+    with pytest.raises(ValueError, match="n_resamples must be >= 1"):
+        routing.divergence_bootstrap(parts, ds, "en", n_resamples=0)

@@ -145,11 +145,15 @@ def installed(model: nn.Module, model_type: str, state: HookState, macc: MoeAccu
             handles.append(getattr(block, spec.router).register_forward_hook(hook))
             if macc.experts is not None:
                 experts = getattr(block, spec.experts)
+                # an instance-level forward already there (another library's wrapper) comes back after
+                shadowed.append((experts, vars(experts).get("forward")))
                 experts.forward = _expert_forward(experts, layer, state, macc, spec.expert_gate)
-                shadowed.append(experts)
         yield
     finally:
         for h in handles:
             h.remove()
-        for m in shadowed:
-            del m.forward  # the class's forward again
+        for m, before in shadowed:
+            if before is None:
+                del m.forward  # the class's forward again
+            else:
+                m.forward = before

@@ -84,7 +84,8 @@ def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: boo
         out.append(f"no dense FFN neurons to score: every layer of this {ds.attrs.get('architecture')} model routes "
                    "its tokens to experts (see the routing section)")
     if moe:
-        text, files = _routing_section(ds, pivot or routing.default_pivot(ds), d, plot=plot, export=export)
+        text, files = _routing_section(ds, pivot or routing.default_pivot(ds), d, plot=plot, export=export,
+                                       bootstrap=bootstrap, results_path=results_path)
         out.append(text)
         written += files
     if written:
@@ -148,7 +149,8 @@ def _neuron_section(ds: xr.Dataset, cfg: LapeConfig, d: Path, *, plot: bool, exp
     return "\n\n".join(out), written
 
 
-def _routing_section(ds: xr.Dataset, pivot: str, d: Path, *, plot: bool, export: bool) -> tuple[str, list[Path]]:
+def _routing_section(ds: xr.Dataset, pivot: str, d: Path, *, plot: bool, export: bool, bootstrap: int = 0,
+                     results_path: str | None = None) -> tuple[str, list[Path]]:
     from langneurons.scoring import routing
 
     moe = ds.attrs["moe"]
@@ -167,6 +169,19 @@ def _routing_section(ds: xr.Dataset, pivot: str, d: Path, *, plot: bool, export:
     mean_js = ", ".join(f"{lang} {float(div.sel(language=lang).mean()):.4f}" for lang in langs if lang != pivot)
     summary = (f"mean JS divergence from {pivot} over routing layers: {mean_js or '-'}; "
                f"{int(res.selected.sum())} of {res.selected.size} experts selected as language-specific")
+    parts = [head, routing.expert_table(div, ent, res), summary]
+    if bootstrap:
+        from langneurons.store.reader import open_partials
+
+        if results_path is None:
+            raise ValueError("bootstrap needs the results store path (its shard partials)")
+        lo, hi = routing.divergence_bootstrap(open_partials(results_path), ds, pivot, n_resamples=bootstrap)
+        parts.append(f"bootstrap over shards ({bootstrap} resamples): JS divergence from {pivot}, 95% intervals "
+                     "per routing layer:\n" + "\n".join(
+                         f"  {lang}: " + ", ".join(f"{int(layer)}:[{a:.4f},{z:.4f}]" for layer, a, z in
+                                                   zip(lo["layer"].values, lo.sel(language=lang).values,
+                                                       hi.sel(language=lang).values))
+                         for lang in langs if lang != pivot))
     written = []
     if plot:
         from langneurons.scoring import plots
@@ -180,4 +195,4 @@ def _routing_section(ds: xr.Dataset, pivot: str, d: Path, *, plot: bool, export:
         from langneurons.scoring.export import write_expert_exports
 
         written += write_expert_exports(r, res, div, ent, d)
-    return "\n\n".join([head, routing.expert_table(div, ent, res), summary]), written
+    return "\n\n".join(parts), written

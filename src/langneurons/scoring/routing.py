@@ -83,6 +83,37 @@ def routing_divergence(d: xr.DataArray, pivot: str) -> xr.DataArray:
                         name="routing_js_divergence", attrs={"pivot": pivot})
 
 
+def divergence_bootstrap(partials: xr.Dataset, ds: xr.Dataset, pivot: str, *, n_resamples: int = 100,
+                         ci: float = 0.95, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray]:
+    """95% (ci) intervals of the routing divergence from `pivot`, [language, layer] (low, high):
+    each resample draws every language's shards with replacement (the pivot's too), sums their
+    kept n_routed and n_tokens partials, and recomputes the Jensen-Shannon divergences; seeded.
+    (JS between estimated distributions is biased upward when languages have few tokens: the
+    interval shows the sampling spread around that, it does not correct it.)"""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if "n_routed" not in partials:
+        raise ValueError("this store kept no n_routed partials (--keep-partials none): re-profile with "
+                         "--keep-partials counts to bootstrap routing")
+    langs = [str(x) for x in ds["language"].values]
+    layers = list(ds.attrs["moe"]["moe_layers"])
+    shard_lang = np.array([str(x) for x in partials["shard_language"].values])
+    groups = [np.flatnonzero(shard_lang == lang) for lang in langs]
+    routed = partials["n_routed"].sel(layer=layers).values            # [S, L', E]
+    tok = partials["n_tokens"].values                                 # [S]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_resamples):
+        draw = [rng.choice(g, size=g.size, replace=True) for g in groups]
+        r = np.stack([routed[d].sum(0) for d in draw]) / np.array([tok[d].sum() for d in draw])[:, None, None]
+        dist = xr.DataArray(r / ds.attrs["moe"]["top_k"], dims=("language", "layer", "expert"),
+                            coords={"language": langs, "layer": layers})
+        out.append(routing_divergence(dist, pivot).values)
+    lo, hi = np.quantile(np.stack(out), [(1 - ci) / 2, 1 - (1 - ci) / 2], axis=0)
+    da = lambda a: xr.DataArray(a, dims=("language", "layer"), coords={"language": langs, "layer": layers})  # noqa: E731
+    return da(lo), da(hi)
+
+
 def routing_entropy(d: xr.DataArray) -> xr.DataArray:
     """Entropy of each language's routing distribution over the experts / log2(E), [language, layer]."""
     d = d.transpose("language", "layer", "expert")
