@@ -121,7 +121,7 @@ def test_profiling_leaves_the_model_output_unchanged(models, arch):
         from langneurons.kernels.reference import Accumulator, accumulate_
         state = hooks.HookState(Accumulator.zeros(1, 2, max(layout.expert_d_ff, 1), (0.0,), 0.0), accumulate_,
                                 compact=False, site="down_in")
-        macc = moe.MoeAccumulator.zeros(1, 2, layout, 0.0, torch.device("cpu"))
+        macc = moe.MoeAccumulator.zeros(1, 2, layout.n_experts, 0.0, torch.device("cpu"), layout.expert_d_ff)
         state.set_batch(torch.where(attn.reshape(-1) > 0, 0, -1).int(), torch.device("cpu"))
         with moe.installed(model, arch, state, macc):
             got = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state

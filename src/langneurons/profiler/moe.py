@@ -40,14 +40,15 @@ class MoeAccumulator:
     experts: Accumulator | None        # layers = L * E (index layer * E + expert); None: routing only
 
     @classmethod
-    def zeros(cls, n_languages: int, n_layers: int, layout: sites.MoeLayout, threshold: float,
-              device: torch.device) -> "MoeAccumulator":
-        shape = (n_languages, n_layers, layout.n_experts)
+    def zeros(cls, n_languages: int, n_layers: int, n_experts: int, threshold: float, device: torch.device,
+              expert_d_ff: int | None = None) -> "MoeAccumulator":
+        """Routing totals; with `expert_d_ff`, also the neurons inside every expert."""
+        shape = (n_languages, n_layers, n_experts)
         experts = None
-        if layout.expert_neurons:
+        if expert_d_ff is not None:
             # one edge (the threshold): the kernels always bin, and expert histograms are not kept
-            experts = Accumulator.zeros(n_languages, n_layers * layout.n_experts, layout.expert_d_ff,
-                                        (threshold,), threshold, device)
+            experts = Accumulator.zeros(n_languages, n_layers * n_experts, expert_d_ff, (threshold,), threshold,
+                                        device)
         return cls(torch.zeros(shape, dtype=torch.int64, device=device),
                    torch.zeros(shape, dtype=torch.float64, device=device), experts)
 

@@ -69,7 +69,7 @@ class HFBackend:
                                      fuse=get_fused(self.kernel, self.device) if self.mlps else None,
                                      site=counting.site)
         self.moe = None if self.layout is None else moe.MoeAccumulator.zeros(
-            1, self.info.n_layers, self.layout, counting.threshold, self.device)
+            1, self.info.n_layers, self.layout.n_experts, counting.threshold, self.device, self.layout.expert_d_ff)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:  # padded positions are masked out, so any id will do
             self.pad_id = self.tokenizer.eos_token_id or 0

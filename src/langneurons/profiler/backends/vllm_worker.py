@@ -77,9 +77,7 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
         first = sparse[0][1].experts
         layout = dict(n_experts=int(first.router.global_num_experts), top_k=int(first.router.top_k),
                       moe_layers=[i for i, _ in sparse])
-        engine.moe = moe.MoeAccumulator.zeros(1, n_layers, sites.MoeLayout(
-            layout["n_experts"], layout["top_k"], 0, tuple(layout["moe_layers"]), (), "", False, False),
-            threshold, param.device)
+        engine.moe = moe.MoeAccumulator.zeros(1, n_layers, layout["n_experts"], threshold, param.device)
 
     def top_pre(_m, args, kwargs):
         if engine.state.active:
