@@ -6,7 +6,9 @@ both backends profile the same sentences (first --sentences rows of --languages 
 corpus); engine/model start-up is excluded, each backend's profile() is timed --repeats times,
 alternating, and the counts are compared (n_tokens must be equal). `vllm_plain` is the same
 engine with the hooks removed, generating one token from the same token ids (what a user runs
-without langneurons); its round-by-round ratio to `vllm` is the vLLM backend's overhead.
+without langneurons); its round-by-round ratio to `vllm` is the vLLM backend's overhead. Then
+clocks inside the worker (vllm_timers.py) time the profiling code within the same forward passes,
+split into its parts: the drift-free figure, where the ratio of two runs moves by 10% on a VM.
 Writes results/backends.json.
 """
 
@@ -26,11 +28,40 @@ sys.path.insert(0, str(Path(__file__).parent))
 RESULTS = Path(__file__).parent / "results" / "backends.json"
 
 
+INSIDE = ("profiling", "token_lang", "transform", "kernel", "fold", "rest_of_hook")
+
+
+def engine_breakdown(backend, sents, repeats: int) -> dict:
+    """Clocks inside the worker (benchmarks/vllm_timers.py) over `repeats` profile() calls: each
+    part of the profiling code as a % of the forward time outside it, and all of it as a % of the
+    wall time of profile() without it (the drift-free estimate of the end-to-end overhead)."""
+    import vllm_timers
+
+    backend._apply(vllm_timers.instrument)
+    wall = 0.0
+    try:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            backend.profile(sents)
+            wall += time.perf_counter() - t0
+    finally:
+        t = backend._apply(vllm_timers.read)[0]   # rank 0 (the benchmark runs one rank)
+    profiling = t["token_lang"] + t["hooks"]
+    outside = t["forward"] - profiling
+    parts = {"profiling": profiling, "token_lang": t["token_lang"], "transform": t["transform"],
+             "kernel": t["kernel"], "fold": t["fold"],
+             "rest_of_hook": t["hooks"] - t["transform"] - t["kernel"] - t["fold"]}
+    return {"repeats": repeats, "seconds": t, "wall_seconds": wall,
+            **{f"{k}_pct": 100 * s / outside for k, s in parts.items()},
+            "profiling_pct_of_wall": 100 * profiling / (wall - profiling)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--languages", default="en,fr,hi,zh")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--inside-repeats", type=int, default=3, help="profile() calls timed inside the engine")
     args = ap.parse_args(argv)
     try:
         import vllm  # noqa: F401
@@ -77,6 +108,7 @@ def main(argv=None) -> int:
             stats[name] = b.profile(sents)
             times[name].append(time.perf_counter() - t0)
         times["vllm_plain"].append(vllm_plain())
+    inside = engine_breakdown(v, sents, args.inside_repeats)
     n = stats["hf"].n_tokens
     agree = float((stats["hf"].n_fired == stats["vllm"].n_fired).mean())
     rows = {k: {"seconds_median": statistics.median(ts), "runs": ts, "tokens_per_s": n / statistics.median(ts)}
@@ -89,7 +121,8 @@ def main(argv=None) -> int:
                         "counted_tokens": n, "repeats": args.repeats},
               "backends": rows, "vllm_overhead_vs_plain": overhead,
               "n_tokens_equal": stats["vllm"].n_tokens == n, "n_fired_agreement": agree,
-              "n_fired_max_abs_diff": int(np.abs(stats["hf"].n_fired - stats["vllm"].n_fired).max())}
+              "n_fired_max_abs_diff": int(np.abs(stats["hf"].n_fired - stats["vllm"].n_fired).max()),
+              "vllm_inside_engine": inside}
     backends["vllm"].close()
     RESULTS.write_text(json.dumps(result, indent=1))
     for k, r in rows.items():
@@ -97,6 +130,8 @@ def main(argv=None) -> int:
     print(f"vLLM profiling overhead vs plain vLLM: {overhead['pct_median']:+.1f}% "
           f"({overhead['pct_min']:+.1f}..{overhead['pct_max']:+.1f}%)")
     print(f"n_tokens equal: {result['n_tokens_equal']} ({n}); n_fired agreement {agree:.5f}")
+    print("inside vLLM's forward passes, % of the time outside the profiling code: "
+          + ", ".join(f"{k} {inside[k + '_pct']:.2f}%" for k in INSIDE))
     print(f"wrote {RESULTS}")
     return 0
 

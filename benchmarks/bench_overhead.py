@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_info  # noqa: E402
+from common import clocked_accumulate, machine_info  # noqa: E402
 
 from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.corpus import demo_corpus_path, load_corpus  # noqa: E402
@@ -58,7 +58,6 @@ from langneurons.demo import demo_model_path  # noqa: E402
 from langneurons.kernels import cpu_stats  # noqa: E402
 from langneurons.profiler import hooks, tokens  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
-from langneurons.store.schema import NEURON_VARS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
 
@@ -154,26 +153,13 @@ def instrumented(backend: HFBackend, sentences, repeats: int) -> dict:
     t = {"total": 0.0, "hooks": 0.0, "kernel": 0.0, "fold": 0.0}
     state = backend.state
     real_reduce, real_accumulate = state.reduce, state.accumulate
-    numba_kernel = real_accumulate is cpu_stats.accumulate_
 
     def reduce(layer, x):
         t0 = time.perf_counter()
         real_reduce(layer, x)
         t["hooks"] += time.perf_counter() - t0
 
-    def accumulate(acc, layer, x, token_lang):
-        t0 = time.perf_counter()
-        if not numba_kernel:
-            real_accumulate(acc, layer, x, token_lang)
-            t["kernel"] += time.perf_counter() - t0
-            return
-        seg_lang, slots, fold = cpu_stats._segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
-        t1 = time.perf_counter()
-        fold(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))
-        t["kernel"] += t1 - t0
-        t["fold"] += time.perf_counter() - t1
-
-    state.reduce, state.accumulate = reduce, accumulate
+    state.reduce, state.accumulate = reduce, clocked_accumulate(real_accumulate, t)
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()

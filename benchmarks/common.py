@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: what machine and versions a result was measured with."""
+"""Shared by the benchmarks: what machine and versions a result was measured with, and the clock
+around the hooks' reduction."""
 
 from __future__ import annotations
 
@@ -24,3 +25,27 @@ def machine_info() -> dict:
     return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
             "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "load_avg_1m_at_end": os.getloadavg()[0], **versions}
+
+
+def clocked_accumulate(real_accumulate, t: dict):
+    """`real_accumulate` with clocks: t["kernel"] gets the reduction into per-segment counts (for
+    a non-numba kernel, its whole accumulate) and t["fold"] their fold into the accumulators."""
+    import time
+
+    from langneurons.kernels import cpu_stats
+    from langneurons.store.schema import NEURON_VARS
+
+    numba_kernel = real_accumulate is cpu_stats.accumulate_
+
+    def accumulate(acc, layer, x, token_lang):
+        t0 = time.perf_counter()
+        if not numba_kernel:
+            real_accumulate(acc, layer, x, token_lang)
+            t["kernel"] += time.perf_counter() - t0
+            return
+        seg_lang, slots, fold = cpu_stats._segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
+        t1 = time.perf_counter()
+        fold(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))
+        t["kernel"] += t1 - t0
+        t["fold"] += time.perf_counter() - t1
+    return accumulate

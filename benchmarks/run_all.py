@@ -153,6 +153,33 @@ def table() -> str:
             ov = bk["vllm_overhead_vs_plain"]
             out += [f"vLLM profiling overhead vs the same engine without hooks (median of rounds): "
                     f"{ov['pct_median']:+.1f}% (range {ov['pct_min']:+.1f}..{ov['pct_max']:+.1f}%), kernel {ov['kernel']}.", ""]
+        if bk.get("vllm_inside_engine"):
+            ie = bk["vllm_inside_engine"]
+            out += ["Inside vLLM's forward passes (clocks in the worker, same passes): the profiling code takes "
+                    f"{ie['profiling_pct']:.2f}% of the forward time outside it (token languages from positions "
+                    f"{ie['token_lang_pct']:.2f}%, act(gate) recomputed {ie['transform_pct']:.2f}%, kernel "
+                    f"{ie['kernel_pct']:.2f}%, fold {ie['fold_pct']:.2f}%, rest of the hooks {ie['rest_of_hook_pct']:.2f}%), "
+                    f"{ie['profiling_pct_of_wall']:.2f}% of profile()'s wall time without it.", ""]
+    inf = load("inside_forward.json")
+    if inf and inf.get("openmp_wait"):
+        w = inf["openmp_wait"]
+        out += ["### torch's OpenMP wait and the CPU kernel (`bench_inside_forward.py`, fresh processes)", "",
+                "| setting | time in the hooks, % of the forward | thread sleeps per plain pass | parallel op after a "
+                "5 ms pause, us | plain forward vs default: measured (median of groups) | estimated (sleeps x wake-up) |",
+                "|---|---|---|---|---|---|"]
+        for name, pct in w["hooks_pct_median"].items():
+            slow, est = w["plain_slowdown_pct_vs_default"].get(name), w["plain_cost_pct_estimate"].get(name)
+            env = ", ".join(f"{k}={v}" for k, v in w["settings"][name].items())
+            out.append(f"| {name} ({env}) | {pct:.2f}% | {w['sleeps_per_plain_pass'][name]:.0f} | "
+                       f"{w['op_after_pause_us'][name]:.0f} | {'' if slow is None else format(slow['median'], '+.1f') + '%'} | "
+                       f"{'' if est is None else format(est, '+.1f') + '%'} |")
+        th = inf["hooks_pct_by_numba_threads"]
+        out += ["", "The estimate (extra sleeps x extra start-up delay, over the plain pass) is the drift-free "
+                "figure; the measured ratio between processes moves by 10-20%. A shorter wait hands the kernel "
+                "the core torch's worker spins on, but plain inference pays more than the hooks save, so "
+                "langneurons leaves torch's wait alone.",
+                "", "Numba threads inside the forward (default wait): " + ", ".join(
+            f"{k.replace('_', ' ')} {v['median']:.2f}%" for k, v in th.items()) + ".", ""]
     gp = load("gpu_proof.json")
     if gp and not gp.get("smoke") and (RESULTS / "gpu_proof.md").is_file():
         out += [(RESULTS / "gpu_proof.md").read_text().rstrip(), ""]
