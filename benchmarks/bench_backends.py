@@ -51,7 +51,7 @@ def engine_breakdown(backend, sents, repeats: int) -> dict:
     parts = {"profiling": profiling, "token_lang": t["token_lang"], "transform": t["transform"],
              "kernel": t["kernel"], "fold": t["fold"],
              "rest_of_hook": t["hooks"] - t["transform"] - t["kernel"] - t["fold"]}
-    return {"repeats": repeats, "seconds": t, "wall_seconds": wall,
+    return {"repeats": repeats, "seconds": t, "wall_seconds": wall, "hooked": backend.hooked,
             **{f"{k}_pct": 100 * s / outside for k, s in parts.items()},
             "profiling_pct_of_wall": 100 * profiling / (wall - profiling)}
 

@@ -7,9 +7,11 @@ worker process inherits the benchmark's sys.path, benchmarks/ included). `instru
 
     forward      the whole model forward (a pre-hook placed before every other one, a hook after)
     token_lang   the top-level pre-hook that builds each token's language from `positions`
-    hooks        each layer's site hook, between a hook placed just before it and one just after
-    transform    the part of `hooks` before the reduction: for the `gate` site, act(gate)
-                 recomputed from the merged gate|up projection's output
+    hooks        each layer's site hook, between a hook placed just before it and one just after;
+                 where the site is read inside vLLM's activation op (hook kind act_and_mul), the
+                 reduction alone (the op's act(gate) and product are the model's own work)
+    transform    the part of the torch hooks before the reduction: for the `gate` site where it
+                 is recomputed, act(gate) from the merged gate|up projection's output
     kernel       the reduction into per-segment counts (the CPU kernel, or the whole accumulate
                  of a non-numba kernel)
     fold         the fold of those counts into the accumulators
@@ -21,7 +23,7 @@ import time
 
 from common import clocked_accumulate
 
-KEYS = ("forward", "token_lang", "hooks", "transform", "kernel", "fold")
+KEYS = ("forward", "token_lang", "hooks", "kernel", "fold")
 
 
 def instrument(model) -> None:
@@ -51,7 +53,10 @@ def instrument(model) -> None:
 
     def end(*_):
         if state.active:
-            t["hooks"] += time.perf_counter() - marks["hook"]
+            dt = time.perf_counter() - marks["hook"]
+            t["hooks"] += dt
+            reduce_time["torch hooks"] += dt
+        del marks["hook"]
 
     hooked = [m for m in model.modules() if m is not model]   # before adding any clock
     for module in [m for m in hooked if m._forward_hooks]:            # output sites (gate)
@@ -62,19 +67,24 @@ def instrument(model) -> None:
         handles.append(module.register_forward_pre_hook(end))
 
     real_reduce, real_accumulate = state.reduce, state.accumulate
-    reduce_time = {"s": 0.0}
+    reduce_time = {"in torch hooks": 0.0, "torch hooks": 0.0}  # seconds
 
     def reduce(layer, x):
         t0 = time.perf_counter()
         real_reduce(layer, x)
-        reduce_time["s"] += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        if "hook" in marks:
+            reduce_time["in torch hooks"] += dt
+        else:                 # called from an act_and_mul op: the reduction is all it adds
+            t["hooks"] += dt
 
     state.reduce, state.accumulate = reduce, clocked_accumulate(real_accumulate, t)
     model._langneurons_timers = (t, reduce_time, handles, real_accumulate)
 
 
 def read(model) -> dict:
-    """The clocks' seconds since `instrument` (transform = hooks - reduce), and remove them."""
+    """The clocks' seconds since `instrument` (transform = torch hooks - their reductions), and
+    remove them."""
     t, reduce_time, handles, real_accumulate = model._langneurons_timers
     for h in handles:
         h.remove()
@@ -82,4 +92,4 @@ def read(model) -> dict:
     del state.reduce
     state.accumulate = real_accumulate
     del model._langneurons_timers
-    return {**t, "transform": t["hooks"] - reduce_time["s"]}
+    return {**t, "transform": reduce_time["torch hooks"] - reduce_time["in torch hooks"]}

@@ -50,7 +50,9 @@ def cfg(model, **kw):
     return ProfileConfig.from_flags(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
 
 
-def compare(model, **kw):
+def compare(model, hooked=None, **kw):
+    """vLLM's statistics against the HF backend's; `hooked`: the hook kinds vLLM's workers must use
+    (default: the gate site read inside vLLM's CPU activation op, act(gate) computed once)."""
     c = cfg(model, **kw)
     want = HFBackend(c).profile(SENTS)
     backend = VLLMBackend(c)
@@ -58,6 +60,7 @@ def compare(model, **kw):
         got = backend.profile(SENTS)
         again = backend.profile(SENTS)  # prefix caching would skip these tokens the second time
         assert not backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+        assert backend.hooked == (hooked or (["act_and_mul"] if c.counting.site == "gate" else ["input"]))
     finally:
         backend.close()
     assert got.n_tokens == want.n_tokens == again.n_tokens
@@ -83,9 +86,49 @@ def test_qwen2_matches_hf(tmp_path):
 
 @pytest.mark.parametrize("arch", ["phi3", "cohere", "gemma3_text"])
 def test_dense_architectures_match_hf(tmp_path, arch):
-    """The gate site is recomputed from vLLM's merged projection with the config's activation
-    (GELU-tanh for Gemma 3): the architecture-specific part; down_in is the same hook everywhere."""
-    compare(tiny(arch, tmp_path / arch))
+    """The gate site is the config's activation (GELU-tanh for Gemma 3) of the gate half of vLLM's
+    merged projection, read inside vLLM's activation op; Gemma 3's layers share one op instance, so
+    there it is recomputed from the projection's output. The architecture-specific part; down_in is
+    the same hook everywhere."""
+    compare(tiny(arch, tmp_path / arch), hooked=["output"] if arch == "gemma3_text" else None)
+
+
+def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_is_an_error(tmp_path):
+    """Profiling the gate site runs vLLM's activation op as the hook's own computation: the
+    engine's prompt and sampled-token logprobs are bit for bit those of the same engine without
+    hooks. A forward that skips a hooked module (as a fused kernel could) is an error naming it,
+    never silently missing counts."""
+    import vllm
+    from vllm.inputs import TokensPrompt
+    from vllm_probes import bypass_first_act_and_mul
+
+    from langneurons.profiler.backends import vllm_worker
+
+    backend = VLLMBackend(cfg(tiny("llama", tmp_path / "m")))
+    try:
+        assert backend.hooked == ["act_and_mul"]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in backend.tokenizer(SENTS)["input_ids"]]
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=5, prompt_logprobs=5)
+
+        def logprobs():
+            out = backend.llm.generate(prompts, params, use_tqdm=False)
+            return [[{t: lp.logprob for t, lp in d.items()} for d in o.prompt_logprobs[1:] + o.outputs[0].logprobs]
+                    for o in out]
+
+        backend._apply(vllm_worker.start)
+        try:
+            profiled = logprobs()
+        finally:
+            counted = backend._apply(vllm_worker.stop)[0]
+        assert counted["n_tokens"] == sum(len(p["prompt_token_ids"]) for p in prompts)
+        backend._apply(vllm_worker.uninstall)
+        assert logprobs() == profiled
+        backend._apply(backend.install)
+        assert backend._apply(bypass_first_act_and_mul) == [2]
+        with pytest.raises(RuntimeError, match=r"rank 0 ran \d+ forward passes, but its FFN sites reduced \d+ blocks.*bypassed"):
+            backend.profile(SENTS)
+    finally:
+        backend.close()
 
 
 def test_special_tokens_at_both_ends(tmp_path):

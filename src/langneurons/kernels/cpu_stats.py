@@ -147,23 +147,36 @@ def _compile():
     @njit(cache=True, nogil=True, boundscheck=False)
     def fold_into(seg_lang, fired, nonfin, total, ssum, ssq, cum, o_fired, o_sum, o_sumsq, o_hist, o_nonfin):
         """Add the segment slots into their language's outputs ([N, F] and [N, F, E+1], int64/
-        float64), segments in order; bin k = count(x > e[k-1]) - count(x > e[k]), bin 0 starting
-        from the finite count."""
+        float64), segments in order. A language's segments are consecutive (plan groups them):
+        their finite and cumulative counts are summed row by row over contiguous neurons (the slots'
+        layout, which vectorises), and only then turned into bins, once per language: bin k =
+        count(x > e[k-1]) - count(x > e[k]), bin 0 starting from the finite count."""
         S, F = fired.shape
         E = cum.shape[1]
-        for s in range(S):
+        counts = np.empty((E + 1, F), np.int64)  # row 0: finite values; row e+1: count(x > edges[e])
+        s = 0
+        while s < S:
             n = seg_lang[s]
-            for f in range(F):
-                o_fired[n, f] += fired[s, f]
-                o_nonfin[n, f] += nonfin[s, f]
-                o_sum[n, f] += np.float64(ssum[s, f])
-                o_sumsq[n, f] += np.float64(ssq[s, f])
-                prev = total[s, f]
+            o1, o2, o3, o4, o5 = o_fired[n], o_nonfin[n], o_sum[n], o_sumsq[n], o_hist[n]
+            counts[:] = 0
+            finite = counts[0]
+            while s < S and seg_lang[s] == n:
+                fr, nf, tot, s1, s2 = fired[s], nonfin[s], total[s], ssum[s], ssq[s]
+                for f in range(F):
+                    o1[f] += fr[f]
+                    o2[f] += nf[f]
+                    o3[f] += np.float64(s1[f])
+                    o4[f] += np.float64(s2[f])
+                    finite[f] += tot[f]
                 for e in range(E):
-                    c = cum[s, e, f]
-                    o_hist[n, f, e] += prev - c
-                    prev = c
-                o_hist[n, f, E] += prev
+                    row, c = counts[e + 1], cum[s, e]
+                    for f in range(F):
+                        row[f] += c[f]
+                s += 1
+            for f in range(F):
+                for k in range(E):
+                    o5[f, k] += counts[k, f] - counts[k + 1, f]
+                o5[f, E] += counts[E, f]
         return None
 
     return numba, plan, reduce_segments, fold_into

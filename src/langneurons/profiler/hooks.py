@@ -4,7 +4,10 @@ worker processes, `backends/vllm_worker.py`).
 
 The hook never keeps a reference to the activation (fused or in-place kernels may overwrite it
 later, nnsight #630); it reduces it at once into the accumulator and returns nothing, so the
-model's own computation is untouched. No host sync happens here.
+model's own computation is untouched. No host sync happens here. One hook point is not a torch
+hook: vLLM's activation-and-multiply op (kind 'act_and_mul', sites.py) runs its own computation,
+act(x[..., :d]) * x[..., d:], from the hook, which reduces act(gate) in between: same ops, same
+result (checked bit for bit when the site is chosen), and act(gate) computed once instead of twice.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class HookState:
         self.rows: torch.Tensor | None = None        # [R] int64: counted rows (compact only)
         self.row_lang: torch.Tensor | None = None    # [R] int32: their languages
         self.active = True  # hooks that stay installed between passes (vLLM) reduce only while set
+        self.n_reduced = 0  # blocks reduced: the vLLM worker checks every site ran in every pass
 
     def set_batch(self, token_lang: torch.Tensor, device: torch.device) -> None:
         """Prepare the next forward pass; `token_lang` is [B*S] on the host."""
@@ -68,6 +72,7 @@ class HookState:
 
     def reduce(self, layer: int, x: torch.Tensor) -> None:
         self.check_batch()
+        self.n_reduced += 1
         x = x.reshape(-1, x.shape[-1])
         if self.compact:
             self.accumulate(self.acc, layer, x.index_select(0, self.rows), self.row_lang)
@@ -85,6 +90,8 @@ def install(sites: list[SiteModule], state: HookState) -> list:
                     if state.active:
                         state.reduce(layer, output if f is None else f(output))
                 handles.append(s.module.register_forward_hook(hook))
+            elif s.kind == "act_and_mul":
+                handles.append(_ActAndMul(s, state))
             else:
                 def pre_hook(_m, args, layer=s.layer, f=s.transform):
                     if state.active:
@@ -94,6 +101,28 @@ def install(sites: list[SiteModule], state: HookState) -> list:
         remove(handles)
         raise
     return handles
+
+
+class _ActAndMul:
+    """Runs a vLLM activation-and-multiply op's forward (`_forward_method`, which its `forward`
+    calls) as act(x[..., :d]) * x[..., d:], reducing act(gate) while profiling; `remove` puts the
+    op's own forward back."""
+
+    def __init__(self, site: SiteModule, state: HookState):
+        self.module, self.own = site.module, site.module._forward_method
+        act, layer = site.transform, site.layer
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            d = x.shape[-1] // 2
+            h = act(x[..., :d])
+            if state.active:
+                state.reduce(layer, h)
+            return h * x[..., d:]
+
+        self.module._forward_method = forward
+
+    def remove(self) -> None:
+        self.module._forward_method = self.own
 
 
 def remove(handles: list) -> None:

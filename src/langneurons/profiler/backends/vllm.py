@@ -179,7 +179,10 @@ class VLLMBackend:
             edges=list(c.bin_edges), kernel=b.kernel, act=activation_name(mcfg))
         ranks = self._apply(self.install)
         self.kernel = ranks[0]["kernel"]  # every rank runs on the same kind of device
-        log.info("vLLM workers reduce with the %s kernel", self.kernel)
+        # how the site is read: "act_and_mul" (act(gate) taken inside vLLM's activation op), "output"
+        # (act(gate) recomputed from the merged projection), "input" (down_in)
+        self.hooked = ranks[0]["hooked"]
+        log.info("vLLM workers reduce with the %s kernel (hook points: %s)", self.kernel, ", ".join(self.hooked))
         # what the workers actually loaded, as they report it
         self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
                              sum(r["d_local"] for r in ranks), ranks[0]["dtype"], moe=self._layout(mcfg, ranks[0]["moe"]))
@@ -223,6 +226,13 @@ class VLLMBackend:
                               self.sampling, use_tqdm=False)
         finally:
             parts = self._apply(vllm_worker.stop)
+        for rank, p in enumerate(parts):
+            if p["n_reduced"] != p["passes"] * p["n_sites"]:
+                raise RuntimeError(
+                    f"vLLM rank {rank} ran {p['passes']} forward passes, but its FFN sites reduced {p['n_reduced']} "
+                    f"blocks, not {p['passes']} x {p['n_sites']} (one per hooked layer and pass): its forward "
+                    "bypassed a hooked module, so counts would be missing. Please report the model and vLLM "
+                    "version; --backend hf profiles it")
         stats = Stats(
             n_tokens=int(parts[0]["n_tokens"]),
             **{v: np.concatenate([p[v] for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
@@ -245,5 +255,5 @@ def activation_name(model_config) -> str:
     name = getattr(model_config, "hidden_act", None) or getattr(model_config, "hidden_activation", None)
     if not isinstance(name, str):
         raise ValueError("the model config names no MLP activation (hidden_act); the vLLM backend needs it to "
-                         "recompute the gate site: use --site down_in or --backend hf")
+                         "compute the gate site: use --site down_in or --backend hf")
     return name

@@ -40,6 +40,8 @@ class _Engine:
     moe: moe.MoeAccumulator | None = None
     n_prefix: int = 0
     n_suffix: int = 0
+    n_sites: int = 0   # hook points; each reduces once per forward pass
+    passes: int = 0    # forward passes while counting
     handles: list = field(default_factory=list)
 
 
@@ -69,7 +71,8 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
     param = next(model.parameters())
     chosen = resolve(kernel, param.device)
     acc = Accumulator.zeros(1, n_layers, d_local, edges, threshold, param.device)
-    engine = _Engine(hooks.HookState(acc, get_accumulate(chosen, param.device), compact=False, site=site))
+    engine = _Engine(hooks.HookState(acc, get_accumulate(chosen, param.device), compact=False, site=site),
+                     n_sites=len(points))
     engine.state.active = False
     sparse = sites.vllm_sparse_blocks(model, model_type)
     layout = None
@@ -81,6 +84,7 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
 
     def top_pre(_m, args, kwargs):
         if engine.state.active:
+            engine.passes += 1
             positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
             engine.state.set_token_lang(_token_lang(positions, engine.n_prefix, engine.n_suffix))
             acc.count_tokens(engine.state.token_lang)
@@ -91,7 +95,7 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
         engine.handles += _install_routing(engine, layer, block)
     model._langneurons = engine
     return {"n_layers": n_layers, "d_local": d_local, "dtype": dtype_name(param.dtype), "kernel": chosen,
-            "moe": layout}
+            "moe": layout, "hooked": sorted({p.kind for p in points})}
 
 
 class _Handle:
@@ -136,16 +140,19 @@ def start(model: nn.Module) -> None:
     engine.state.acc.zero_()
     if engine.moe is not None:
         engine.moe.zero_()
+    engine.passes = engine.state.n_reduced = 0
     engine.state.active = True
 
 
 def stop(model: nn.Module) -> dict:
-    """Stop counting; return this rank's statistics as host numpy arrays."""
+    """Stop counting; return this rank's statistics as host numpy arrays, with the forward passes
+    run while counting and the blocks the sites reduced (the backend checks one per site and pass)."""
     engine = model._langneurons
     engine.state.active = False
     engine.state.clear()
     s = engine.state.acc.to_stats(0)
-    out = {"n_tokens": s.n_tokens, **{k: v for k, v in s.arrays().items() if k != "n_tokens"}}
+    out = {"n_tokens": s.n_tokens, **{k: v for k, v in s.arrays().items() if k != "n_tokens"},
+           "passes": engine.passes, "n_reduced": engine.state.n_reduced, "n_sites": engine.n_sites}
     if engine.moe is not None:
         out.update(engine.moe.to_arrays(0))
     return out
