@@ -172,17 +172,13 @@ def committed_count(out: Path) -> int:
         return 0
 
 
-def wait_for_commits(out: Path, proc, n: int, timeout: float = 90.0) -> None:
-    """Wait until `n` shards are committed while `proc` still runs (it is about to be disturbed)."""
+def wait_for_commits(out: Path, proc, n: int) -> None:
+    """Wait until `n` shards are committed while `proc` still runs (it is about to be disturbed):
+    for the event, however long a busy machine takes, or until the run ends without it."""
     import time
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if committed_count(out) >= n:
-            break
+    while committed_count(out) < n:
         if proc.poll() is not None:
             raise AssertionError(f"the run ended before {n} commits: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.05)
-    else:
-        raise AssertionError(f"timed out waiting for {n} commits in {out}")
     assert proc.poll() is None, "the run ended before it could be disturbed"

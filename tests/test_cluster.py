@@ -208,11 +208,10 @@ def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, fau
                            "health_check_failure_threshold": 3}})
     node = cluster.add_node(num_cpus=1)
     out = tmp_path / "r.zarr"
-    removed = {}
+    removed, finished = {}, threading.Event()
 
-    def remove_node_mid_run():
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+    def remove_node_mid_run():  # waits for the event (3 commits), however slow the machine is
+        while not finished.is_set():
             if (out / "partials" / "committed" / "zarr.json").exists() and committed(out).sum() >= 3:
                 removed["committed"] = int(committed(out).sum())
                 cluster.remove_node(node)
@@ -225,8 +224,11 @@ def test_lost_node_does_not_stop_the_run(model, corpus, reference, tmp_path, fau
         faults(sleep=0.3)
         killer = threading.Thread(target=remove_node_mid_run, daemon=True)
         killer.start()
-        s = profile(cfg(model, corpus, out, workers=2), progress=False)
-        killer.join(timeout=10)
+        try:
+            s = profile(cfg(model, corpus, out, workers=2), progress=False)
+        finally:
+            finished.set()
+            killer.join()
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -316,5 +318,8 @@ def test_local_run_prints_no_ray_warning(model, corpus, tmp_path):
                         "--workers", "2", "--threads-per-worker", "1", "--no-progress"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    noise = [ln for ln in r.stderr.splitlines() if "WARNING" in ln or re.search(r"\.cc:\d+", ln)]
+    # langneurons's own note that workers are still loading depends on how busy the machine is
+    # (it says what to check): not noise, and no test may depend on it
+    noise = [ln for ln in r.stderr.splitlines() if ("WARNING" in ln or re.search(r"\.cc:\d+", ln))
+             and "workers not ready" not in ln]
     assert not noise, noise

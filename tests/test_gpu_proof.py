@@ -38,7 +38,7 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
 
 
 def test_without_a_gpu_it_says_to_use_smoke(tmp_path):
-    r = run("--out-dir", str(tmp_path), timeout=120)
+    r = run("--out-dir", str(tmp_path))
     assert r.returncode == 2 and "no CUDA device here; `--smoke` runs the same code" in r.stdout
     assert not (tmp_path / "gpu_proof.json").exists()
 
@@ -47,6 +47,6 @@ def test_a_missing_dependency_without_wheels_is_one_clear_error(tmp_path):
     code = ("import sys; sys.argv=['gpu_proof']; sys.path.insert(0, 'benchmarks'); import gpu_proof; "
             "gpu_proof.NEEDED = ('zarr', 'no_such_module_xyz'); "
             f"gpu_proof.make_importable(__import__('pathlib').Path({str(tmp_path)!r}))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 1
     assert "no_such_module_xyz cannot be imported" in r.stderr and "make gpu-wheels" in r.stderr

@@ -63,6 +63,18 @@ def world(tmp_path_factory) -> World:
     os.symlink(home, root / "store_link.zarr" / "n_fired" / "c" / "home")
     shutil.copytree(root / "store.zarr", root / "store_dir.zarr")
     (root / "store_dir.zarr" / "partials" / "my_analysis").mkdir()
+    # Zarr data of the user's nested in copies of the store: --overwrite must keep every byte
+    import xarray as xr
+
+    for name in ("store_group", "store_inner", "store_emptygroup", "store_wrongkind", "store_chunklike"):
+        shutil.copytree(root / "store.zarr", root / f"{name}.zarr")
+    xr.Dataset({"score": ("x", [1.0, 2.0])}).to_zarr(str(root / "store_group.zarr"), group="my_analysis", mode="a")
+    shutil.copytree(root / "store.zarr", root / "store_inner.zarr" / "inner.zarr")
+    zarr.open_group(str(root / "store_emptygroup.zarr" / "partials" / "mine"), mode="w", zarr_format=3)
+    shutil.rmtree(root / "store_wrongkind.zarr" / "partials" / "shard_stop")   # a group where the schema has an array
+    zarr.open_group(str(root / "store_wrongkind.zarr" / "partials" / "shard_stop"), mode="w", zarr_format=3)
+    (root / "store_chunklike.zarr" / "act_sum" / "c" / "7" / "0").mkdir(parents=True)  # 3 languages: c/0-2 only
+    (root / "store_chunklike.zarr" / "act_sum" / "c" / "7" / "0" / "0").write_bytes(b"my bytes")
     # broken models
     shutil.copytree(root / "model", root / "no_tokenizer")
     for f in (root / "no_tokenizer").iterdir():
@@ -70,6 +82,7 @@ def world(tmp_path_factory) -> World:
             f.unlink()
     (root / "no_weights").mkdir()
     shutil.copy(root / "model" / "config.json", root / "no_weights" / "config.json")
+    broken_models(root)
     shutil.copytree(root / "model", root / "unsupported")
     cfg = json.loads((root / "model" / "config.json").read_text())
     cfg.update(model_type="granitemoe", architectures=["GraniteMoeForCausalLM"], num_local_experts=2)
@@ -97,6 +110,32 @@ def world(tmp_path_factory) -> World:
     (root / "nan.yaml").write_text("threshold: .nan\n")
     (root / "stringint.json").write_text('{"shard_size": "5"}')
     return w
+
+
+def broken_models(root: Path) -> None:
+    """Copies of the world's model whose weights or tokenizer differ from what config.json and the
+    store say: cut short, a layer missing or extra, a tensor of another shape, one byte changed,
+    another tokenizer."""
+    from safetensors.torch import load_file, save_file
+
+    weights = root / "model" / "model.safetensors"
+    for name in ("truncated", "missing_layer", "extra_layer", "other_shape", "one_byte", "other_tokenizer"):
+        shutil.copytree(root / "model", root / name)
+    data = weights.read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(data[: len(data) * 2 // 3])   # an interrupted download
+    cfg = json.loads((root / "model" / "config.json").read_text())
+    (root / "missing_layer" / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
+    (root / "extra_layer" / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
+    tensors = load_file(weights)
+    gate = "model.layers.1.mlp.gate_proj.weight"
+    save_file({**tensors, gate: tensors[gate][:-1].clone()}, root / "other_shape" / "model.safetensors",
+              metadata={"format": "pt"})
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01                 # the middle of the file: same size, same header
+    (root / "one_byte" / "model.safetensors").write_bytes(bytes(flipped))
+    tok = json.loads((root / "model" / "tokenizer.json").read_text())
+    tok["post_processor"] = None                    # BOS no longer added: other counts, same weights
+    (root / "other_tokenizer" / "tokenizer.json").write_text(json.dumps(tok))
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -153,6 +192,14 @@ CASES = [
     Case("overwrite-store-with-user-file", P("--overwrite", out="store_extra.zarr"), ("--overwrite", "notes.txt", "nothing was deleted")),
     Case("overwrite-store-with-symlink", P("--overwrite", out="store_link.zarr"), ("n_fired/c/home", "nothing was deleted")),
     Case("overwrite-store-with-user-folder", P("--overwrite", out="store_dir.zarr"), ("partials/my_analysis/", "nothing was deleted")),
+    Case("overwrite-store-with-user-group", P("--overwrite", out="store_group.zarr"), ("my_analysis", "nothing was deleted")),
+    Case("overwrite-store-with-inner-store", P("--overwrite", out="store_inner.zarr"), ("inner.zarr", "nothing was deleted")),
+    Case("overwrite-store-with-empty-group", P("--overwrite", out="store_emptygroup.zarr"),
+         ("partials/mine", "nothing was deleted")),
+    Case("overwrite-store-node-of-another-kind", P("--overwrite", out="store_wrongkind.zarr"),
+         ("partials/shard_stop/zarr.json", "nothing was deleted")),
+    Case("overwrite-store-with-chunk-like-file", P("--overwrite", out="store_chunklike.zarr"),
+         ("act_sum/c/7/0/0", "nothing was deleted")),
     Case("overwrite-symlink-to-home", P("--overwrite", out="link_to_home"), ("link_to_home", "never writes into")),
     Case("out-broken-symlink", P(out="broken_link"), ("broken_link", "broken symbolic link")),
     Case("resume-nothing-there", P("--resume"), ("--resume", "no results store", "without --resume")),
@@ -206,6 +253,21 @@ CASES = [
     Case("model-is-a-file", P(model="file.txt"), ("file.txt", "is a file")),
     Case("model-no-tokenizer", P(model="no_tokenizer"), ("no_tokenizer", "tokenizer")),
     Case("model-no-weights", P(model="no_weights"), ("no_weights", "no weight files")),
+    Case("model-truncated-new-out", P(model="truncated"), ("truncated", "cannot be read", "download or save the model again")),
+    Case("model-truncated-overwrite", P("--overwrite", model="truncated", out="store.zarr"),
+         ("truncated", "cannot be read", "incomplete or damaged")),
+    Case("model-missing-layer", P("--overwrite", model="missing_layer", out="store.zarr"),
+         ("missing_layer", "missing tensors model.layers.2.", "randomly initialised")),
+    Case("model-extra-layer", P(model="extra_layer"), ("extra_layer", "unexpected tensors model.layers.1.")),
+    Case("model-other-shape", P(model="other_shape"), ("other_shape", "shape differs from what config.json asks for")),
+    Case("resume-weights-changed", P("--resume", "--shard-size", "2", "--batch-tokens", "64", model="one_byte",
+                                     out="store.zarr"), ("cannot resume", "model_fingerprint")),
+    Case("resume-tokenizer-changed", P("--resume", "--shard-size", "2", "--batch-tokens", "64", model="other_tokenizer",
+                                       out="store.zarr"), ("cannot resume", "tokenizer_fingerprint")),
+    Case("ablate-tokenizer-changed", lambda w: [w.store__zarr, "--model", w.other_tokenizer],
+         ("other_tokenizer", "tokenizer", "not the one profiled", "--allow-model-mismatch"), command="ablate"),
+    Case("ablate-weights-changed", lambda w: [w.store__zarr, "--model", w.one_byte],
+         ("one_byte", "not the one profiled", "--allow-model-mismatch"), command="ablate"),
     Case("model-unsupported", P(model="unsupported"), ("'granitemoe' is not supported", "supported:")),
     # --- the corpus -----------------------------------------------------------------------------
     Case("corpus-bare-cr", P(corpus="cr"), ("en.txt:1", "carriage return", "tr")),

@@ -157,9 +157,9 @@ def test_edited_complete_flag_is_refused(reference, tmp_path, capsys):
 
 def test_interrupted_creation_is_replaced_by_the_same_command(reference, model, corpus, tmp_path, capsys,
                                                               monkeypatch):
-    from langneurons.store import writer
+    from langneurons.store import create
 
-    real, calls = writer._array, {"n": 0}
+    real, calls = create._array, {"n": 0}
 
     def disk_full_after_ten(*a, **kw):
         calls["n"] += 1
@@ -168,13 +168,13 @@ def test_interrupted_creation_is_replaced_by_the_same_command(reference, model, 
         return real(*a, **kw)
 
     out = tmp_path / "r.zarr"
-    monkeypatch.setattr(writer, "_array", disk_full_after_ten)
+    monkeypatch.setattr(create, "_array", disk_full_after_ten)
     rc, _, err = run(args(model, corpus, out), capsys)
     assert rc == 2
     one_error(err, "creating the store", "No space left on device", "run the same command again")
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "creating"
     assert not (out / LOCK_NAME).exists()
-    monkeypatch.setattr(writer, "_array", real)
+    monkeypatch.setattr(create, "_array", real)
     rc, _, err = run(args(model, corpus, out), capsys)  # no --overwrite needed: it held no results
     assert rc == 0, err
     assert_identical(arrays(reference), arrays(out))
@@ -213,7 +213,7 @@ def test_sigkill_mid_commit_then_resume(reference, model, corpus, tmp_path, caps
     and --resume finishes bit-identical."""
     out = tmp_path / "r.zarr"
     proc = start_cli(args(model, corpus, out), faults={"kill": [3], "state": str(tmp_path)})
-    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert proc.wait(timeout=900) == -signal.SIGKILL  # a hang guard, not a deadline
     assert (out / LOCK_NAME).exists() and committed_count(out) == 3
     rc, _, err = run(args(model, corpus, out, "--resume"), capsys)
     assert rc == 0, err
@@ -230,7 +230,7 @@ def test_two_writers_never_share_a_store(reference, model, corpus, tmp_path, cap
             rc, _, err = run(args(model, corpus, out, *extra), capsys)
             assert rc == 2, extra
             one_error(err, "is being written by", f"pid {first.pid}", socket.gethostname())
-        assert first.wait(timeout=120) == 0, first.stderr.read().decode()[-2000:]
+        assert first.wait(timeout=900) == 0, first.stderr.read().decode()[-2000:]
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
@@ -269,3 +269,120 @@ def test_ablate_refuses_changed_weights_unless_told(reference, model, corpus, tm
     assert rc == 0 and "perplexity ratio" in out, err
     rc, out, err = run(base, capsys)                   # the stored path, unchanged weights
     assert rc == 0 and "perplexity ratio" in out, err
+
+
+# --- a fault at every write of a store's creation ------------------------------------------------
+
+
+def _create(out: Path, *, resume=False, overwrite=False):
+    """Create (or replace) a small store at `out` the way `profile` does, with its lock held."""
+    from langneurons.shards import Shard
+    from langneurons.store.lock import StoreLock
+    from langneurons.store.schema import CorpusFacts, ModelInfo
+    from langneurons.store.writer import ResultsStore, check_out
+
+    info = ModelInfo("m", "sha256:0", "sha256:1", "llama", 2, 7, "float32")
+    facts = CorpusFacts("c", ("en",), "sha256:2", {"en": 3})
+    ident = schema.identity({k: None for k in schema.IDENTITY_COUNTING}, info, facts)
+    attrs = schema.root_attrs(ident, info, facts, revision=None, backend="hf", config={}, run_only=[],
+                              versions={}, version="test")
+    shards = [Shard(0, "en", 0, 2, digest="0" * 64), Shard(1, "en", 2, 3, digest="1" * 64)]
+    loc = check_out(str(out), resume=resume, overwrite=overwrite)
+    with StoreLock(loc) as lock:
+        return ResultsStore.open_for_run(loc, lock, resume=resume, overwrite=overwrite, identity=ident,
+                                         attrs=attrs, languages=("en",), n_layers=2, d_ff=7,
+                                         edges=(0.0, 1.0), shards=shards)
+
+
+def _nodes(out: Path) -> dict:
+    found = {}
+    for f in out.rglob("zarr.json"):
+        doc = json.loads(f.read_text())
+        rel = str(f.parent.relative_to(out)).replace(os.sep, "/")
+        found["" if rel == "." else rel] = (doc["node_type"], len(doc.get("shape", ())))
+    return found
+
+
+def test_a_fault_at_any_write_of_the_creation_is_recovered_by_the_command_it_names(tmp_path, monkeypatch):
+    """Disk full or a kill at each write while a store is created, taking turns: between the
+    write's folder and its file ("folder"), or mid-file (zarr's temporary file left behind, as a
+    SIGKILL leaves it); every later write fails too. Each time the same command (which the error
+    names), --overwrite, or --resume (once the root zarr.json exists; before, it says to run without
+    it) recovers it, and the recovered store holds exactly the schema's nodes."""
+    import threading
+    import uuid
+
+    import zarr.storage._local as local
+
+    from langneurons.store.writer import StoreError
+
+    real, calls, idle = local._put, {"n": 0, "fail_from": 0, "inflight": 0}, threading.Condition()
+
+    def faulty(path, value, exclusive=False):
+        with idle:
+            calls["n"] += 1
+            calls["inflight"] += 1
+            n = calls["n"]
+        try:
+            if calls["fail_from"] and n >= calls["fail_from"]:
+                if n == calls["fail_from"]:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if n % 2:
+                        path.with_suffix(f".{uuid.uuid4().hex}.partial").write_bytes(b"\x00" * 3)
+                raise OSError(28, "No space left on device")
+            return real(path, value, exclusive=exclusive)
+        finally:
+            with idle:
+                calls["inflight"] -= 1
+                idle.notify_all()
+
+    monkeypatch.setattr(local, "_put", faulty)
+    _create(tmp_path / "count.zarr")
+    total = calls["n"]
+    want = schema.store_nodes(dict(zarr.open_group(str(tmp_path / "count.zarr"), mode="r").attrs))
+    assert _nodes(tmp_path / "count.zarr") == want and total > 40
+    recoveries = ({}, {"overwrite": True}, {"resume": True})
+    for k in range(1, total + 1):
+        out = tmp_path / f"r{k}.zarr"
+        calls.update(n=0, fail_from=k)
+        with pytest.raises(StoreError, match="run the same command again"):
+            _create(out)
+        with idle:  # writes zarr still had in flight when the error came end (as at a process exit)
+            idle.wait_for(lambda: calls["inflight"] == 0)
+        calls.update(fail_from=0)
+        recover = recoveries[k % 3]
+        if recover.get("resume") and not (out / "zarr.json").exists():  # nothing of the store exists yet
+            with pytest.raises(StoreError, match="run without --resume to start one"):
+                _create(out, **recover)
+            recover = {}
+        _create(out, **recover)
+        assert _nodes(out) == want, (k, recover)
+        shutil.rmtree(out)
+
+
+def test_a_kill_at_any_point_of_an_overwrite_is_finished_by_the_same_command(tmp_path, monkeypatch):
+    """--overwrite deletes the old store file by file: interrupted after any of them, what is left
+    is still recognisably a store of ours (its root zarr.json goes last), so the same command
+    finishes the deletion and creates the new store."""
+    from langneurons.store.writer import StoreError
+
+    out = tmp_path / "r.zarr"
+    _create(out)
+    want = _nodes(out)
+    n_files = sum(1 for f in out.rglob("*") if f.is_file())
+    real = os.unlink
+    for k in range(1, n_files + 1):
+        calls = {"n": 0}
+
+        def dies_at_k(path, *a, **kw):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise OSError(5, "Input/output error (the process is killed here)")
+            return real(path, *a, **kw)
+
+        monkeypatch.setattr(os, "unlink", dies_at_k)
+        with pytest.raises((OSError, StoreError)):
+            _create(out, overwrite=True)
+        monkeypatch.setattr(os, "unlink", real)
+        _create(out, overwrite=True)
+        assert _nodes(out) == want, k

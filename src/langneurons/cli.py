@@ -16,7 +16,8 @@ import json
 import logging
 import sys
 
-from langneurons.config import SPECS, ProfileConfig
+from langneurons.config import SPECS, ProfileConfig, expand_path
+from langneurons.store.lock import lock_file_unlisted
 
 
 def add_profile_args(p: argparse.ArgumentParser) -> None:
@@ -59,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("score", help="LAPE language-specific neurons per layer, tables and plots")
-    s.add_argument("results", help="results store written by `langneurons profile`")
+    s.add_argument("results", type=expand_path, help="results store written by `langneurons profile`")
     s.add_argument("--plot", action="store_true", help="write PNG/SVG plots into --out")
-    s.add_argument("--out", default=None, help="directory for plots and exports (default: <results>.report)")
+    s.add_argument("--out", type=expand_path, default=None,
+                   help="directory for plots and exports (default: <results>.report, beside the store)")
     s.add_argument("--top-rate", type=float, default=None, help="LAPE top_rate (default 0.01)")
     s.add_argument("--filter-rate", type=float, default=None, help="LAPE filter percentile (default 0.95)")
     s.add_argument("--activation-bar-ratio", type=float, default=None,
@@ -75,20 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: en if profiled, else the first language)")
 
     i = sub.add_parser("info", help="describe a results store")
-    i.add_argument("results")
+    i.add_argument("results", type=expand_path)
     i.add_argument("--verify", action="store_true",
                    help="read every chunk, check the attributes' checksum and re-sum the partials against "
                         "the totals; exit status 2 on any damage")
 
     a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
-    a.add_argument("results")
-    a.add_argument("--heldout", default=None,
+    a.add_argument("results", type=expand_path)
+    a.add_argument("--heldout", type=expand_path, default=None,
                    help="corpus of held-out sentences (default: rows 500-599 of the bundled demo corpus)")
     a.add_argument("--max-sentences", type=int, default=100)
     a.add_argument("--device", default="auto")
     a.add_argument("--top-rate", type=float, default=0.01, help="LAPE top_rate for the masks")
-    a.add_argument("--out", default=None, help="write the perplexity-ratio matrix as CSV here")
-    a.add_argument("--model", default=None,
+    a.add_argument("--out", type=expand_path, default=None, help="write the perplexity-ratio matrix as CSV here")
+    a.add_argument("--model", type=expand_path, default=None,
                    help="the profiled model's folder, if it moved (default: the path stored in the results)")
     a.add_argument("--allow-model-mismatch", action="store_true",
                    help="ablate even if the model's weight fingerprint differs from the profiled one")
@@ -130,12 +132,14 @@ def cmd_profile(args) -> int:
     return 0
 
 
+@lock_file_unlisted()  # a store may hold a lock: a live run's, or a stale one a killed run left
 def cmd_score(args) -> int:
     from langneurons.scoring import score_report
+    from langneurons.scoring.report import default_report_dir
     from langneurons.store.reader import open_results
 
     ds = open_results(args.results)
-    out_dir = args.out or (args.results.rstrip("/") + ".report")
+    out_dir = args.out or default_report_dir(args.results)
     lape = {k: v for k, v in (("top_rate", args.top_rate), ("filter_rate", args.filter_rate),
                                ("activation_bar_ratio", args.activation_bar_ratio)) if v is not None}
     print(score_report(ds, out_dir=out_dir, plot=args.plot, export=args.export, threshold=args.threshold,
@@ -143,12 +147,16 @@ def cmd_score(args) -> int:
     return 0
 
 
+@lock_file_unlisted()
 def cmd_info(args) -> int:
     import xarray as xr
 
     from langneurons.store import schema
     from langneurons.store.reader import ResultsError, open_results, store_attrs, verify_store
 
+    loc, a = store_attrs(args.results)
+    if a.get("schema_version") not in schema.READABLE_VERSIONS:  # newer (or unknown): not damage
+        raise RuntimeError(f"{args.results}: {schema.attrs_problem(a)}")
     if args.verify:
         rep = verify_store(args.results)
         for p in rep.problems:
@@ -160,10 +168,8 @@ def cmd_info(args) -> int:
               "the sum of the committed partials kept)" if rep.state == "complete" else
               f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state})")
         return 0
-    loc, a = store_attrs(args.results)
     problem = schema.attrs_problem(a)
-    ds = (xr.open_zarr(loc.zarr_url, consolidated=False) if a.get("schema_version") in schema.READABLE_VERSIONS
-          else None)
+    ds = xr.open_zarr(loc.zarr_url, consolidated=False)
     if a.get("complete") and not problem:
         try:  # the totals: every chunk present, checksums, counts adding up
             ds = open_results(args.results)
@@ -172,7 +178,7 @@ def cmd_info(args) -> int:
     status = ("DAMAGED: " + problem if problem else
               "complete (totals checked)" if a.get("complete") else "INCOMPLETE (resume with --resume)")
     print(f"{args.results}: {status}")
-    for k in ("model", "architecture", "model_fingerprint", "site", "threshold", "dtype", "backend",
+    for k in ("model", "architecture", "model_fingerprint", "tokenizer_fingerprint", "site", "threshold", "dtype", "backend",
               "corpus", "n_sentences", "rows_per_language", "tokens_per_language", "max_tokens_per_language",
               "corpus_fingerprint", "n_shards", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")
@@ -183,8 +189,7 @@ def cmd_info(args) -> int:
         m = a["moe"]
         print(f"  {'moe':20s} {m['n_experts']} experts x {m['expert_d_ff']} neurons, top-{m['top_k']}; routing layers "
               f"{m['moe_layers']}; dense FFN counted in layers {m['dense_layers']}; router: {m['router']}")
-    if ds is not None:
-        print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
+    print(f"  {'dims':20s} " + ", ".join(f"{d}={n}" for d, n in ds.sizes.items()))
     if a.get("complete") and not problem:
         toks = dict(zip(map(str, ds["language"].values), map(int, ds["n_tokens"].values)))
         print(f"  {'n_tokens':20s} {json.dumps(toks)}")
@@ -194,6 +199,7 @@ def cmd_info(args) -> int:
     return 0
 
 
+@lock_file_unlisted()
 def cmd_ablate(args) -> int:
     from langneurons.scoring.ablation import ablate_report
 

@@ -13,7 +13,8 @@ between an interrupted run and its resume.
 
 Each field declares its flag name, help text and lower bound in its metadata (`opt`); the CLI
 (`cli.py`) is built from these and the fields' type hints, and `check_section` validates every
-field of every section from the same declarations. Choices are `Literal` types. Users, the CLI
+field of every section from the same declarations (path fields come out with `~` and $VARS
+expanded, float fields as floats). Choices are `Literal` types. Users, the CLI
 and config files speak in flat flag names (`ProfileConfig.from_flags(model=..., threshold=0.5)`,
 a YAML mapping of `threshold: 0.5`); `to_flags()` gives them back.
 """
@@ -21,8 +22,8 @@ a YAML mapping of `threshold: 0.5`); `to_flags()` gives them back.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -49,9 +50,10 @@ DEFAULT_MAX_LENGTH = 512
 
 
 def opt(default: Any = dataclasses.MISSING, doc: str = "", *, flag: str | None = None, min: float | None = None,
-        factory: Any = dataclasses.MISSING):
-    """A config field: its default, help text, flag name (default: the field name) and lower bound."""
-    meta = {"doc": " ".join(doc.split()), "flag": flag, "min": min}
+        path: Literal["one", "list"] | None = None, factory: Any = dataclasses.MISSING):
+    """A config field: its default, help text, flag name (default: the field name), lower bound,
+    and whether it holds a path ("one") or comma-separated paths ("list"), which are expanded."""
+    meta = {"doc": " ".join(doc.split()), "flag": flag, "min": min, "path": path}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -69,6 +71,7 @@ class Spec:
     optional: bool
     choices: tuple[str, ...] | None
     min: float | None
+    path: str | None           # "one" or "list": `~` and $VARS are expanded (expand_path)
     doc: str
     default: Any
 
@@ -92,8 +95,37 @@ def _spec(section: str, cls: type, f: dataclasses.Field) -> Spec:
         tp = str
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     return Spec(flag=f.metadata.get("flag") or f.name, section=section, name=f.name, base=tp, is_list=is_list,
-                optional=optional, choices=choices, min=f.metadata.get("min"), doc=f.metadata.get("doc", ""),
-                default=default)
+                optional=optional, choices=choices, min=f.metadata.get("min"), path=f.metadata.get("path"),
+                doc=f.metadata.get("doc", ""), default=default)
+
+
+def expand_path(value: str) -> str:
+    """`~` and $VARS expanded, as a shell does for an unquoted argument: config files, quoted or
+    `--flag=~/x` arguments and the Python API get no shell to do it. URLs are left alone: a `~` or
+    `$` in them belongs to the server."""
+    if "://" in value:
+        return value
+    return os.path.expanduser(os.path.expandvars(value))
+
+
+def _normalized(s: Spec, v: Any) -> Any:
+    """Paths expanded; numbers as floats in float fields. YAML 1.1 (PyYAML) reads 1e-3 as a string
+    (its floats need a dot and a signed exponent), so numeric strings count as numbers there."""
+    if s.path and isinstance(v, str):
+        return ",".join(expand_path(p.strip()) for p in v.split(",")) if s.path == "list" and "," in v \
+            else expand_path(v)
+    if s.base is float:
+        return [_float(x) for x in v] if s.is_list and isinstance(v, list) else _float(v)
+    return v
+
+
+def _float(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v  # refused by the type check, which names the flag
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 def _is(v: Any, tp: type) -> bool:
@@ -105,18 +137,23 @@ def _is(v: Any, tp: type) -> bool:
 
 
 def check_section(section: Any) -> None:
-    """Type, choice and lower bound of every field of one section, from its declaration; ints
-    given for float fields are stored as floats (config files hold whatever YAML makes of them)."""
+    """Type, choice and lower bound of every field of one section, from its declaration. Values are
+    stored normalized (`_normalized`): expanded paths, floats in float fields (config files hold
+    whatever YAML makes of them)."""
     for s in SECTION_SPECS[type(section)]:
         v = getattr(section, s.name)
         if v is None and s.optional:
             continue
+        norm = _normalized(s, v)
+        if norm is not v:
+            object.__setattr__(section, s.name, v := norm)
         ok = (isinstance(v, list) and all(_is(x, s.base) for x in v)) if s.is_list else _is(v, s.base)
         if not ok:
-            want = f"a list of {s.base.__name__}" if s.is_list else s.base.__name__
+            if s.base is float:
+                want = "a list of numbers" if s.is_list else "a number (e.g. 0.5 or 1e-3)"
+            else:
+                want = f"a list of {s.base.__name__}" if s.is_list else s.base.__name__
             raise ValueError(f"{s.option} must be {want}, got {v!r}")
-        if s.base is float and not s.is_list and not isinstance(v, float):
-            object.__setattr__(section, s.name, float(v))
         if s.choices is not None and v not in s.choices:
             raise ValueError(f"{s.option} {v!r} is not one of: {', '.join(s.choices)}")
         if s.min is not None and v < s.min:
@@ -130,7 +167,7 @@ class CorpusConfig:
     corpus: str | None = opt(None, """The corpus: a directory of per-language files or folders (<lang>.txt,
         <lang>.jsonl, <lang>.parquet, <lang>/*.parquet, <lang>/ saved with datasets' save_to_disk), a .tsv, a
         .jsonl, a .parquet or save_to_disk folder with one column per language, or .tmx/.zip files
-        (comma-separated). None: the bundled TICO-19 demo corpus.""")
+        (comma-separated). None: the bundled TICO-19 demo corpus.""", path="list")
     format: CorpusFormat = opt("auto", "Corpus format: auto, textdir, tsv, jsonl, tmx, parquet or arrow.",
                                flag="corpus_format")
     languages: list[str] | None = opt(None, "Languages to profile (default: all in the corpus).")
@@ -205,7 +242,8 @@ class CountingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BackendConfig:
-    model: str | None = opt(None, "Local model directory or hub id (hub needs network). None: the bundled demo model.")
+    model: str | None = opt(None, "Local model directory or hub id (hub needs network). None: the bundled demo model.",
+                            path="one")
     revision: str | None = opt(None, "Hub revision (commit, tag or branch) to pin; recorded in the results.")
     name: BackendName = opt("hf", "Inference backend: 'hf' (transformers, any device) or 'vllm' (throughput).",
                             flag="backend")
@@ -247,7 +285,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
-    out: str = opt("results/langneurons.zarr", "Results store: a local path or an fsspec URL (s3://..., gs://...).")
+    out: str = opt("results/langneurons.zarr", "Results store: a local path or an fsspec URL (s3://..., gs://...).",
+                   path="one")
     resume: bool = opt(False, "Continue an interrupted run in `out`, skipping committed shards.")
     overwrite: bool = opt(False, "Delete an existing store at `out` first.")
     # Measured in benchmarks/bench_store.py: "counts" keeps an 8B x 7 languages x 100M-token
@@ -316,24 +355,25 @@ class ProfileConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "ProfileConfig":
-        """Load a YAML or JSON config file of flat fields; `overrides` (e.g. from the CLI) win."""
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        text = p.read_text(encoding="utf-8")
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
+        """Load a YAML or JSON config file of flat fields (`configfile`); `overrides` (e.g. from the
+        CLI) win. Every problem is one error naming the file, except those of the overrides."""
+        from langneurons.configfile import read_config_file
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {p} must hold a mapping of field: value")
-        unknown = sorted(set(data) - set(SPECS))
+        p = Path(expand_path(str(path)))
+        data = read_config_file(p)
+        unknown = sorted(set(data) - set(SPECS), key=str)
         if unknown:
             raise ValueError(f"config file {p} has unknown fields {unknown}; known: {sorted(SPECS)}")
-        data.update(overrides)
-        return cls.from_flags(**data)
+        try:
+            return cls.from_flags(**{**data, **overrides})
+        except ValueError as e:
+            if not overrides:
+                raise ValueError(f"config file {p}: {e}") from None
+            try:  # whose value is wrong: the file's (those no flag replaces), or a flag's?
+                cls.from_flags(**{k: v for k, v in data.items() if k not in overrides})
+            except ValueError as own:
+                raise ValueError(f"config file {p}: {own}") from None
+            raise
 
 
 def _plain(v: Any) -> Any:

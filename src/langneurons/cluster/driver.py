@@ -64,7 +64,7 @@ from langneurons.cluster.actor import WorkerActor
 from langneurons.cluster.progress import ShardProgress
 from langneurons.config import ProfileConfig
 from langneurons.corpus import Corpus
-from langneurons.shards import Shard
+from langneurons.shards import Shard, shard_rows
 from langneurons.store.schema import ModelInfo, model_mismatch
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class _Scheduler:
             if s.inflight >= IN_FLIGHT:
                 return
             shard = self.queue.popleft()
-            sentences = self.corpus.rows(shard.language, shard.start, shard.stop)  # read now: bounded memory
+            sentences = shard_rows(self.corpus, shard)  # read now: bounded memory
             self.tasks[s.handle.run_shard.remote(shard, sentences)] = (shard, s, s.life)
             s.inflight += 1
 

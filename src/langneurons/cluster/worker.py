@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from langneurons.config import ProfileConfig
-from langneurons.shards import Shard
+from langneurons.shards import Shard, rows_digest
 from langneurons.profiler.backends import make_backend
 from langneurons.store.stats import Stats
 from langneurons.store.writer import ResultsStore, StoreError
@@ -67,7 +67,7 @@ class Worker:
         if self.before_commit is not None:
             self.before_commit(shard, self.store, stats)
         try:
-            self.store.write_shard(shard.index, stats)
+            self.store.write_shard(shard.index, stats, rows_digest(sentences))
         except OSError as e:
             raise StoreError(f"writing shard {shard.id} (#{shard.index}) to {self.store.url} failed: {e}. "
                              "Committed shards are kept: fix the cause (disk space, permissions) and run the "

@@ -1,5 +1,6 @@
 """Corpus validation shared by every format: the error type, language codes, language selection,
-row ranges, and reading UTF-8 text files line by line without shifting alignment."""
+row ranges, and reading UTF-8 text files line by line without shifting alignment (and refusing
+UTF-16 and UTF-32 ones, `check_utf8_head`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from langneurons.store.schema import LANGUAGE_CODE_RULE, language_code_ok  # noqa: F401  (re-exported)
 
 _BOM = "\ufeff"
+HEAD_BYTES = 4096  # how much of a text file `check_utf8_head` looks at
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+              (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE"))
 
 
 class CorpusError(ValueError):
@@ -70,11 +74,59 @@ def check_range(start: int, max_sentences: int | None, where: str) -> None:
                           f"got {max_sentences!r}")
 
 
+def wide_encoding(head: bytes) -> tuple[str, str] | None:
+    """(encoding, how it shows) when a file starting with `head` is UTF-16 or UTF-32, else None.
+
+    Without a byte-order mark, NUL bytes give it away: UTF-8 text has none, while UTF-16 puts one
+    beside every ASCII character (spaces, digits, newlines), always on the same side, and UTF-32
+    puts two or three in every 4-byte character. Such a file decodes as "valid UTF-8" with a NUL
+    between every letter, so it must be caught before decoding. A stray NUL in UTF-8 text is not
+    enough: most newlines must be NUL-padded, on one side only (which tells the byte order even in
+    CJK text, whose characters such as U+4E00 put NULs on both sides), or else a 32nd of one
+    side's bytes must be NUL and at most a third as many of the other side's."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name, "its byte-order mark"
+    if b"\0" not in head:
+        return None
+    how = "NUL bytes between its characters, and no byte-order mark"
+    units = len(head) // 4
+    z = [head[i:units * 4:4].count(0) for i in range(4)]  # NULs at each byte of a 4-byte unit
+    if units and z[3] == units and 2 * z[2] > units:
+        return "UTF-32LE", how
+    if units and z[0] == units and 2 * z[1] > units:
+        return "UTF-32BE", how
+    n = len(head) // 2 * 2
+    units16 = [head[i:i + 2] for i in range(0, n, 2)]
+    le, be = units16.count(b"\n\0"), units16.count(b"\0\n")  # newlines, NUL-padded
+    lf = head.count(b"\n")
+    if le >= 2 and not be and 2 * le > lf:
+        return "UTF-16LE", how
+    if be >= 2 and not le and 2 * be > lf:
+        return "UTF-16BE", how
+    even, odd = head[0:n:2].count(0), head[1:n:2].count(0)
+    enough = max(1, n // 64)
+    if odd >= enough and 3 * even <= odd:
+        return "UTF-16LE", how
+    if even >= enough and 3 * odd <= even:
+        return "UTF-16BE", how
+    return None
+
+
+def check_utf8_head(path: pathlib.Path, head: bytes) -> None:
+    """Refuse a text file whose first bytes (`head`, up to HEAD_BYTES) are UTF-16 or UTF-32."""
+    wide = wide_encoding(head)
+    if wide is not None:
+        name, how = wide
+        raise CorpusError(f"{path}: this file is {name} ({how}), not UTF-8; re-save it as UTF-8, e.g. "
+                          f"`iconv -f {name} -t UTF-8 {path.name} > utf8.tmp && mv utf8.tmp {path.name}`")
+
 
 def read_lines(path: pathlib.Path) -> list[str]:
     """The file's lines, decoded as UTF-8 (a leading BOM and CRLF endings allowed); a final
     newline ends the last line rather than starting an empty one."""
     data = path.read_bytes()
+    check_utf8_head(path, data[:HEAD_BYTES])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

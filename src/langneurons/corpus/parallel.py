@@ -159,6 +159,21 @@ def demo_corpus_path() -> pathlib.Path:
     return p
 
 
+def split_paths(spec: str) -> str | list[str]:
+    """A corpus given as one string (--corpus): one path, or several joined by commas (TMX files).
+    A path that exists is one path, commas and all (`/data/corpus,v2`); only a string that names
+    nothing is split, and then every part must exist."""
+    if "," not in spec or pathlib.Path(spec).exists():
+        return spec
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    missing = [p for p in parts if not pathlib.Path(p).exists()]
+    if missing:
+        raise CorpusError(f"--corpus {spec}: no such file or directory, and read as paths separated by commas, "
+                          f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist either; give an "
+                          "existing path, or existing .tmx/.zip files separated by commas")
+    return parts
+
+
 def _as_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
     if isinstance(path, (str, os.PathLike)):
         return [pathlib.Path(path)]

@@ -11,7 +11,7 @@ be read as text (invalid UTF-8, a bare carriage return, bad JSON, a missing fiel
 value) raises `CorpusError` naming the file and the line or row.
 
 Kinds:
-- lines:   a UTF-8 .txt file, one row per line ("\\n"; CRLF allowed);
+- lines:   a UTF-8 .txt file, one row per line ("\\n"; CRLF allowed; UTF-16/32 refused);
 - jsonl:   one JSON object per line, the row in its `field` (default "text");
 - parquet: one or more .parquet files read in name order, the row in column `field`;
 - arrow:   a folder written by `datasets.Dataset.save_to_disk` (Arrow IPC files listed in its
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from langneurons.corpus.checks import CorpusError
+from langneurons.corpus.checks import HEAD_BYTES, CorpusError, check_utf8_head
 
 BATCH = 4096     # Parquet rows decoded at a time
 Position = Any   # source-specific: (byte offset, line number) | (file index, group/batch index)
@@ -57,6 +57,8 @@ class LanguageSource:
         offset, lineno = start or (0, 1)
         path = self.files[0]
         with open(path, "rb") as f:
+            if offset == 0:
+                check_utf8_head(path, f.read(HEAD_BYTES))
             f.seek(offset)
             for raw in f:
                 where = f"{path}:{lineno}"

@@ -2,10 +2,11 @@
 
 A directory holds one entry per language: `<code>.txt`, `<code>.jsonl`, `<code>.parquet`, or a
 folder `<code>/` of .parquet files (FLORES+ style, e.g. `hin_Deva/`) or written by
-`save_to_disk`. Codes are kept as given (`zho_Hans`). One pass over each language (`scan`)
-counts its rows, fingerprints them and keeps a checkpoint every CHECKPOINT_ROWS rows; a shard's
-rows are then read from the nearest checkpoint (`rows`). Nothing holds more than one Parquet row
-group or Arrow batch, and the checkpoints, whatever the corpus size.
+`save_to_disk`; which entries are languages is `layout`'s rule, the one textdir reads by too.
+Codes are kept as given (`zho_Hans`). One pass over each language (`scan`) counts its rows,
+fingerprints them and keeps a checkpoint every CHECKPOINT_ROWS rows; a shard's rows are then read
+from the nearest checkpoint (`rows`). Nothing holds more than one Parquet row group or Arrow
+batch, and the checkpoints, whatever the corpus size.
 
 Monolingual (`unaligned=True`): each language has its own rows; empty rows are skipped (their
 number is logged). Aligned: every language must have the same number of rows, and an empty row
@@ -22,44 +23,22 @@ import pathlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from langneurons.corpus.checks import (CorpusError, aligned_fingerprint, check_code, check_unique, choose, hash_row,
-                                       monolingual_fingerprint, requested_codes, row_hasher)
+from langneurons.corpus.checks import (CorpusError, aligned_fingerprint, choose, hash_row, monolingual_fingerprint,
+                                       requested_codes, row_hasher)
+from langneurons.corpus.layout import language_entries
 from langneurons.corpus.sources import LanguageSource, source_for
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROWS = 4096
-STREAM_SUFFIXES = (".txt", ".jsonl", ".parquet")
-_IGNORED = {"readme", "license", "ids", "source", "notice"}  # documentation beside the data
 
 
 def is_language_dir(root: pathlib.Path) -> bool:
     """A directory of per-language entries that needs streaming (anything beyond <code>.txt files)."""
-    return root.is_dir() and any(_entries(root)) and not all(p.suffix == ".txt" for p in _entries(root).values())
-
-
-def _entries(root: pathlib.Path) -> dict[str, pathlib.Path]:
-    out: dict[str, pathlib.Path] = {}
-    for p in sorted(root.iterdir()):
-        if p.name.startswith((".", "_")):
-            continue
-        if p.is_dir():
-            if not _is_data_dir(p):  # e.g. a folder of notes beside the data
-                continue
-            code = p.name
-        elif p.suffix.lower() in STREAM_SUFFIXES:
-            code = p.name[: -len(p.suffix)]
-        else:
-            continue
-        if code.lower() in _IGNORED:
-            continue
-        out[code] = p
-    return out
-
-
-def _is_data_dir(p: pathlib.Path) -> bool:
-    return ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
-            or any(q.suffix == ".parquet" for q in p.iterdir()))
+    if not root.is_dir():
+        return False
+    entries = language_entries(root)
+    return bool(entries) and not all(p.is_file() and p.suffix.lower() == ".txt" for p in entries.values())
 
 
 @dataclass
@@ -79,13 +58,10 @@ class StreamCorpus:
         self.source = str(self.root)
         self.unaligned = unaligned
         self.aligned = not unaligned
-        entries = _entries(self.root) if self.root.is_dir() else {}
+        entries = language_entries(self.root) if self.root.is_dir() else {}
         if not entries:
             raise CorpusError(f"{self.root}: no per-language files or folders (<code>.txt, <code>.jsonl, "
                               "<code>.parquet, <code>/*.parquet, <code>/ from save_to_disk)")
-        for code, p in entries.items():
-            check_code(code, str(p))
-        check_unique(list(entries), str(self.root))
         self.languages = choose(tuple(entries), requested_codes(languages), str(self.root))
         self.sources = {c: source_for(c, entries[c], field) for c in self.languages}
         self.max_sentences = max_sentences

@@ -1,13 +1,13 @@
 """textdir: a directory with one UTF-8 `<code>.txt` per language, aligned by line; an `ids.txt`
-beside them, if present, gives the row ids. Other files (README.md, hidden files) are ignored."""
+beside them, if present, gives the row ids. Which files are languages is `layout`'s rule, the one
+the streaming reader uses (README.txt, LICENSE.txt, hidden files and other suffixes are not)."""
 
 from __future__ import annotations
 
 import pathlib
 
-from langneurons.corpus.checks import CorpusError, choose, read_lines, check_code
-
-IDS_FILE = "ids.txt"  # in a textdir: row ids, one per line, instead of line numbers
+from langneurons.corpus.checks import CorpusError, choose, read_lines
+from langneurons.corpus.layout import IDS_FILE, language_entries
 
 Columns = tuple[tuple[str, ...], dict[str, tuple[str, ...]], tuple[str, ...]]  # languages, sentences, ids
 
@@ -15,18 +15,7 @@ Columns = tuple[tuple[str, ...], dict[str, tuple[str, ...]], tuple[str, ...]]  #
 def read(root: pathlib.Path, requested: tuple[str, ...] | None) -> Columns:
     if not root.is_dir():
         raise CorpusError(f"{root}: format 'textdir' needs a directory of <code>.txt files")
-    files: dict[str, pathlib.Path] = {}
-    folded: dict[str, pathlib.Path] = {}
-    for p in sorted(root.iterdir()):
-        # Hidden files include macOS's "._en.txt" resource forks, which are not text.
-        if p.name.startswith(".") or p.suffix.lower() != ".txt" or not p.is_file() or p.name == IDS_FILE:
-            continue
-        code = check_code(p.name[: -len(p.suffix)], str(p))
-        if code.casefold() in folded:
-            raise CorpusError(f"{p}: language {code!r} is also given by {folded[code.casefold()].name} "
-                              "(codes are case-insensitive); keep one of the two files")
-        folded[code.casefold()] = p
-        files[code] = p
+    files = {c: p for c, p in language_entries(root).items() if p.is_file() and p.suffix.lower() == ".txt"}
     if not files:
         others = ", ".join(sorted(p.name for p in root.iterdir())[:10]) or "nothing"
         raise CorpusError(f"{root}: no <code>.txt files (found {others}); put one UTF-8 file per "

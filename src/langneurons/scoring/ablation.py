@@ -125,8 +125,8 @@ def diagonal_report(res: xr.Dataset) -> str:
 
 def check_model(ds_attrs: dict, model: str | None, *, allow_mismatch: bool = False) -> str:
     """The model to ablate: `model` or the stored path, whose weights must be the profiled ones
-    (same fingerprint and revision), unless `allow_mismatch`."""
-    from langneurons.profiler.backends.base import model_fingerprint
+    (same fingerprint and revision), and its tokenizer too, unless `allow_mismatch`."""
+    from langneurons.profiler.checkpoint import tokenizer_fingerprint, weights_fingerprint
 
     path = model or ds_attrs.get("model")
     if not path:
@@ -136,14 +136,24 @@ def check_model(ds_attrs: dict, model: str | None, *, allow_mismatch: bool = Fal
         raise FileNotFoundError(f"the profiled model was the local folder {ds_attrs.get('model')}, and {path} "
                                 "is no such folder; pass the model's folder with --model")
     try:
-        fp = model_fingerprint(path, revision)
+        fp = weights_fingerprint(path, revision)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}; if the model moved, pass its folder with --model") from None
     if fp != ds_attrs.get("model_fingerprint") and not allow_mismatch:
+        if (ds_attrs.get("schema_version") or 0) < 5 and fp.startswith("sha256:"):
+            raise ValueError(f"{ds_attrs.get('model')}: the store was written by an earlier langneurons, whose "
+                             "fingerprint read only part of the weight files, so this langneurons cannot prove the "
+                             "weights are the ones profiled. Re-profile, or pass --allow-model-mismatch if you "
+                             "know they are")
         raise ValueError(f"the model at {path} (fingerprint {fp[:19]}..., revision {revision}) is not the one "
                          f"profiled (fingerprint {str(ds_attrs.get('model_fingerprint'))[:19]}...): its weights "
                          "changed, so the neurons would not be the ones selected. Pass the profiled model "
                          "with --model, or --allow-model-mismatch to ablate anyway")
+    stored_tok = ds_attrs.get("tokenizer_fingerprint")
+    if stored_tok and tokenizer_fingerprint(path, revision) != stored_tok and not allow_mismatch:
+        raise ValueError(f"the tokenizer at {path} is not the one profiled (its files changed): the held-out text "
+                         "would be split into other tokens than the ones counted. Pass the profiled model with "
+                         "--model, or --allow-model-mismatch to ablate anyway")
     return path
 
 

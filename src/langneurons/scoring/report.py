@@ -16,6 +16,15 @@ from langneurons.scoring.thresholds import firing_probability_at
 REPORT_MARKER = "langneurons-report.json"
 
 
+def default_report_dir(results: str) -> str:
+    """`score`'s report folder beside the store: <store>.report. Built from the store's absolute
+    path, not the string given: `score .` inside x.zarr must give x.zarr.report, not x.zarr/..report."""
+    from langneurons.store.location import resolve
+
+    loc = resolve(results)
+    return (loc.path if loc.local else loc.url.rstrip("/")) + ".report"
+
+
 def prepare_report_dir(d: Path) -> None:
     """Plots and exports go into a new or empty folder, or into an earlier report (it holds
     REPORT_MARKER): never among other files, which they could overwrite."""

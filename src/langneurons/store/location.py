@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from langneurons.store import schema
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "langneurons.lock"
@@ -41,7 +43,7 @@ class StoreLocationError(RuntimeError):
 
 class Kind(Enum):
     ABSENT = "absent"
-    EMPTY = "empty"            # an empty folder (or one holding only a langneurons lock)
+    EMPTY = "empty"            # an empty folder (or one holding only a lock and temporary files of ours)
     STORE = "store"            # a langneurons results store
     FOREIGN = "foreign"        # anything else: never written into, never deleted
 
@@ -129,7 +131,7 @@ def inspect(loc: Location) -> Inspection:
         names = [n for n in names if n]
         meta = loc.join("zarr.json")
         read = (lambda: json.loads(fs.cat_file(meta))) if "zarr.json" in names else None
-    if not names or names == [LOCK_NAME]:
+    if all(_creation_leftover(n) for n in names):
         return Inspection(Kind.EMPTY)
     if read is not None:
         try:
@@ -143,6 +145,13 @@ def inspect(loc: Location) -> Inspection:
             return Inspection(Kind.FOREIGN, sample=tuple(names[:5]),
                               why="is a Zarr store that langneurons did not make")
     return Inspection(Kind.FOREIGN, sample=tuple(names[:5]), why="is a folder of other files")
+
+
+def _creation_leftover(name: str) -> bool:
+    """What a creation killed before the root zarr.json existed leaves in the folder: the lock,
+    and the temporary file of the lock or of the root zarr.json that was being written."""
+    m = _PARTIAL.match(name)
+    return name == LOCK_NAME or (m is not None and m.group("base") in ("zarr", LOCK_NAME))
 
 
 def foreign_message(loc: Location, ins: Inspection) -> str:
@@ -186,8 +195,11 @@ def _list_files(loc: Location, under: str = "") -> tuple[list[str], list[str], l
     return files, dirs, other
 
 
-def _node_kinds(loc: Location, files: list[str]) -> dict[str, tuple[str, int]]:
-    """{folder relative to the store ('' = root): (node_type, ndim)} for every zarr.json found."""
+Node = tuple  # (node type, number of dimensions, chunk grid: chunks per dimension, or None)
+
+
+def _node_kinds(loc: Location, files: list[str]) -> dict[str, Node]:
+    """{folder relative to the store ('' = root): Node} for every zarr.json found."""
     nodes = {}
     for f in files:
         if f == "zarr.json" or f.endswith("/zarr.json"):
@@ -196,13 +208,25 @@ def _node_kinds(loc: Location, files: list[str]) -> dict[str, tuple[str, int]]:
                 doc = (read_json_file(os.path.join(loc.path, f)) if loc.local
                        else json.loads(loc.fs.cat_file(loc.join(f))))
                 kind = doc.get("node_type")
-                nodes[folder] = (kind, len(doc.get("shape", ())) if kind == "array" else 0)
-            except (OSError, ValueError, AttributeError):
-                nodes[folder] = ("unreadable", 0)
+                grid = None
+                if kind == "array":
+                    chunks = doc["chunk_grid"]["configuration"]["chunk_shape"]
+                    grid = tuple(-(-int(n) // max(int(c), 1)) for n, c in zip(doc["shape"], chunks))
+                nodes[folder] = (kind, len(grid or ()), grid)
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                nodes[folder] = ("unreadable", 0, None)
     return nodes
 
 
-def _is_ours(rel: str, nodes: dict[str, tuple[str, int]]) -> bool:
+def _chunk_index(parts: list[str], grid: tuple[int, ...] | None) -> bool:
+    """Are `parts` (the path below an array's c/) a chunk index, or a prefix of one, inside the
+    array's chunk grid? A file zarr would never write there (`c/99/0` of a 3 x 1 grid) is not ours."""
+    return (grid is not None and len(parts) <= len(grid)
+            and all(_INDEX.match(i) and int(i) < n for i, n in zip(parts, grid)))
+
+
+def _is_ours(rel: str, nodes: dict[str, Node]) -> bool:
+    """Is `rel` a file langneurons writes into a store whose nodes are `nodes`?"""
     m = _PARTIAL.match(rel.rsplit("/", 1)[-1])
     if m:  # zarr's temporary file for zarr.json ("zarr.<hex>.partial") or a chunk ("3.<hex>.partial")
         head = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
@@ -212,39 +236,54 @@ def _is_ours(rel: str, nodes: dict[str, tuple[str, int]]) -> bool:
         return True
     folder, _, name = rel.rpartition("/")
     if name == "zarr.json":
-        return nodes.get(folder, ("", 0))[0] in ("group", "array")
+        return folder in nodes
     # a chunk: <array>/c/<i>/<j>/... with one index per dimension
     parts = rel.split("/")
     for k in range(len(parts)):
         if parts[k] == "c":
-            array = "/".join(parts[:k])
-            kind, ndim = nodes.get(array, ("", 0))
+            kind, ndim, grid = nodes.get("/".join(parts[:k]), ("", 0, None))
             idx = parts[k + 1:]
-            return kind == "array" and len(idx) == ndim and all(_INDEX.match(i) for i in idx)
+            return kind == "array" and len(idx) == ndim and _chunk_index(idx, grid)
     return False
 
 
-def _is_our_dir(rel: str, nodes: dict[str, tuple[str, int]]) -> bool:
+def _is_our_dir(rel: str, nodes: dict[str, Node]) -> bool:
     if rel in nodes:
         return True
     parts = rel.split("/")
     for k in range(len(parts)):
-        if parts[k] == "c" and nodes.get("/".join(parts[:k]), ("", 0))[0] == "array":
-            return all(_INDEX.match(i) for i in parts[k + 1:])
+        if parts[k] == "c" and nodes.get("/".join(parts[:k]), ("", 0, None))[0] == "array":
+            grid = nodes["/".join(parts[:k])][2]
+            return not parts[k + 1:] or _chunk_index(parts[k + 1:], grid)
     return False
 
 
 def removable(loc: Location) -> tuple[list[str], list[str]]:
     """(files, folders) of the langneurons store at `loc`, all of them langneurons's own; refuses
-    when anything under it is not a file langneurons writes."""
+    when anything under it is not. Its own are the nodes its schema version names
+    (`schema.store_nodes`, from the root attributes), not whatever holds a zarr.json: a group
+    someone nested in the store (`to_zarr(store, group=...)`), a second store inside it, a node
+    of another kind where the schema has one, is not ours. A node folder whose zarr.json was never
+    written (a creation cut short) is ours: the schema names it."""
     ins = inspect(loc)
     if ins.kind is not Kind.STORE:
         raise StoreLocationError(foreign_message(loc, ins) if ins.kind is Kind.FOREIGN
                                  else f"--out {loc.url} is not a langneurons store: nothing to overwrite")
+    version = ins.attrs.get("schema_version")
+    if version not in schema.READABLE_VERSIONS:
+        raise StoreLocationError(
+            f"--overwrite: {loc.url} is a langneurons store of schema version {version!r}; this langneurons "
+            f"knows the layout of versions {', '.join(map(str, schema.READABLE_VERSIONS))} only, so it cannot "
+            "tell its own files from others'. Delete it with the langneurons that wrote it, or choose another --out")
     files, dirs, other = _list_files(loc)
-    nodes = _node_kinds(loc, files)
-    strangers = sorted(other + [f for f in files if not _is_ours(f, nodes)]
-                       + [d + "/" for d in dirs if not _is_our_dir(d, nodes)])
+    schema_nodes = schema.store_nodes(ins.attrs)
+    found = _node_kinds(loc, files)
+    wrong = sorted(f"{k}/zarr.json".lstrip("/") for k, (kind, ndim, _) in found.items()
+                   if k in schema_nodes and (kind, ndim) != schema_nodes[k])
+    # the schema's nodes, each with the chunk grid its zarr.json declares (none: no chunk is ours)
+    nodes = {k: (*v, found.get(k, (None, None, None))[2]) for k, v in schema_nodes.items()}
+    strangers = sorted(set(other + wrong + [f for f in files if not _is_ours(f, nodes)]
+                           + [d + "/" for d in dirs if not _is_our_dir(d, nodes)]))
     if strangers:
         shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
         raise StoreLocationError(
@@ -259,7 +298,9 @@ def remove_store(loc: Location) -> int:
 
     Refuses, deleting nothing, when anything under it is not a file langneurons writes."""
     files, dirs = removable(loc)
-    _delete(loc, files, dirs)
+    # Node metadata last, the root's zarr.json very last: until it goes, whatever a kill left is
+    # still a store of ours (its schema names every file), so --overwrite can finish the deletion.
+    _delete(loc, sorted(files, key=lambda f: (f == "zarr.json", f.endswith("zarr.json"), -f.count("/"))), dirs)
     return len(files)
 
 

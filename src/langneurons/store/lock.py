@@ -10,19 +10,26 @@ narrow race remains there).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
 import uuid
+import warnings
 
 from langneurons.store.location import LOCK_NAME, Location, StoreLocationError, read_json_file
 
 STALE_AFTER_S = 600.0                  # a lock whose heartbeat is this old is stale (any host)
 HEARTBEAT_S = 60.0
+# What zarr says when listing a store's folder finds the lock (or the temporary copy a heartbeat
+# or a lock break was writing when its process was killed): it is no zarr node.
+_LISTED_LOCK = (rf"Object at {re.escape(LOCK_NAME)}(\.[0-9a-f]{{32}}\.partial)? is not recognized "
+                "as a component of a Zarr hierarchy")
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,18 @@ def _process_start(pid: int) -> float | None:
         return 0.0  # alive; its start time unknown without psutil
     except Exception:  # psutil.NoSuchProcess, AccessDenied, ...
         return None
+
+
+@contextlib.contextmanager
+def lock_file_unlisted():
+    """Read a store without zarr's warning about its lock file. Opening a group lists its folder,
+    and a lock is there while a run writes the store, or after a killed run left it (stale): zarr
+    warns that it is not part of the hierarchy. The lock is ours and expected; any other unknown
+    object still warns. zarr warns from its event-loop thread, which a `catch_warnings` filter
+    reaches because Python's warning filters are process-wide while the block lasts."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LISTED_LOCK, category=UserWarning)
+        yield
 
 
 class StoreLocked(StoreLocationError):

@@ -8,6 +8,7 @@ hold, the kept partials included, and re-sums those partials against the totals.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,10 +18,15 @@ import zarr
 from langneurons.store import schema
 from langneurons.store.chunks import ChunkDamaged, chunk_coords, chunk_key, missing_chunks, read_checked, short
 from langneurons.store.location import Kind, StoreLocationError, inspect, resolve
+from langneurons.store.lock import lock_file_unlisted
 
 
 class ResultsError(ValueError):
     pass
+
+
+class IncompleteRun(UserWarning):
+    """A reader was given a store whose run has not finished: what it returns is partial."""
 
 
 def store_attrs(path: str) -> tuple:
@@ -37,6 +43,7 @@ def store_attrs(path: str) -> tuple:
     return loc, ins.attrs
 
 
+@lock_file_unlisted()  # a live run's lock, or one a killed run left, is no Zarr node
 def open_results(path: str, *, allow_incomplete: bool = False, check: bool = True) -> xr.Dataset:
     """The totals of a run as an xarray Dataset (dims language, layer, neuron, bin).
 
@@ -45,6 +52,10 @@ def open_results(path: str, *, allow_incomplete: bool = False, check: bool = Tru
     committed and summed); with `check`, every chunk of the totals is present and decodes, and the
     counts are consistent (every counted token lands in exactly one histogram bin or in
     n_nonfinite, per neuron). The data is loaded into memory when checked.
+
+    An incomplete run is refused unless `allow_incomplete`: then it is the sum of the shards
+    committed so far, with an IncompleteRun warning (its totals arrays, which plain
+    `xarray.open_zarr` shows, hold zeros until the run completes).
     """
     loc, attrs = store_attrs(path)
     problem = schema.attrs_problem(attrs)
@@ -54,7 +65,9 @@ def open_results(path: str, *, allow_incomplete: bool = False, check: bool = Tru
         raise ResultsError(f"{path} is an incomplete run (not every shard is committed): finish it with "
                            "`langneurons profile --resume --out ...` with the same settings")
     complete = bool(attrs.get("complete"))
-    if check and complete:
+    if not complete:
+        return _committed_sums(path, attrs)
+    if check:
         g = zarr.open_group(loc.zarr_url, mode="r", zarr_format=3)
         missing = [m for _, arr in g.arrays() for m in missing_chunks(loc, arr)]
         if missing:
@@ -62,7 +75,7 @@ def open_results(path: str, *, allow_incomplete: bool = False, check: bool = Tru
                                + "; the store is damaged: `langneurons info --verify` lists everything, "
                                "re-profile (or restore the store from a copy)")
     ds = xr.open_zarr(loc.zarr_url, consolidated=False)
-    if check and complete:
+    if check:
         try:
             ds = ds.load()
         except Exception:
@@ -75,6 +88,30 @@ def open_results(path: str, *, allow_incomplete: bool = False, check: bool = Tru
             raise
         _check_counts(ds, path)
     return ds
+
+
+def _committed_sums(path: str, attrs: dict) -> xr.Dataset:
+    """An incomplete run's totals so far: each language's committed partials summed in shard
+    order into the totals' dtypes (its totals arrays hold zeros until the run completes). Warns,
+    naming how much is missing: these are not the run's results."""
+    parts = open_partials(path, quiet=True)
+    ds = xr.open_zarr(resolve(path).zarr_url, consolidated=False)
+    langs = [str(x) for x in ds["language"].values]
+    shard_lang = [str(x) for x in parts["shard_language"].values]
+    for v in schema.store_vars(attrs):
+        arr = np.zeros(ds[v].shape, dtype=schema.DTYPES[v])
+        for i, lang in enumerate(shard_lang):
+            arr[langs.index(lang)] += parts[v].values[i].astype(schema.DTYPES[v])
+        ds[v] = (ds[v].dims, arr)
+    ds.attrs.update(attrs)
+    _warn_incomplete(path, attrs, parts.sizes["shard"])
+    return ds
+
+
+def _warn_incomplete(path: str, attrs: dict, n_committed: int) -> None:
+    warnings.warn(f"{path} is an incomplete run: {n_committed} of {attrs.get('n_shards')} shards committed; "
+                  "these are the committed shards' statistics, not the run's. Finish it with "
+                  "`langneurons profile --resume` (same settings)", IncompleteRun, stacklevel=3)
 
 
 def _check_counts(ds: xr.Dataset, path: str) -> None:
@@ -107,12 +144,15 @@ def _check_counts(ds: xr.Dataset, path: str) -> None:
                                    "to it; the store is corrupt, re-profile it")
 
 
-def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
+@lock_file_unlisted()  # a live run's lock, or one a killed run left, is no Zarr node
+def open_partials(path: str, *, committed_only: bool = True, quiet: bool = False) -> xr.Dataset:
     """Per-shard partial statistics (dim `shard`, coord `shard_language`), e.g. for bootstrap:
     the variables the store kept (`partials_kept`; int32/float32 in version-3 stores).
 
     With `committed_only` (the default) only committed shards are kept, and their chunks are
-    checked (present, checksums intact) and loaded into memory."""
+    checked (present, checksums intact) and loaded into memory. Without it, a shard not yet
+    committed reads as zeros: select on the `committed` variable. An incomplete run warns
+    (IncompleteRun) unless `quiet`."""
     loc, attrs = store_attrs(path)
     problem = schema.attrs_problem(attrs)
     if problem:
@@ -135,6 +175,8 @@ def open_partials(path: str, *, committed_only: bool = True) -> xr.Dataset:
             raise ResultsError(f"{path}: committed partials are damaged: {missing[0]}; resume the run "
                                "with --resume to profile damaged shards again")
         ds = ds.isel(shard=keep)
+        if not attrs.get("complete") and not quiet:
+            _warn_incomplete(path, attrs, len(keep))
         try:
             ds = ds.load()
         except Exception:
@@ -164,6 +206,7 @@ class Verification:
         return not self.problems
 
 
+@lock_file_unlisted()  # a live run's lock, or one a killed run left, is no Zarr node
 def verify_store(path: str) -> Verification:
     """Read every chunk that should exist; check attributes, shapes, and totals against partials."""
     loc, attrs = store_attrs(path)
@@ -215,13 +258,38 @@ def verify_store(path: str) -> Verification:
                 rep.chunks_read += 1
             except Exception as e:
                 rep.problems.append(f"array {arr.path!r} chunk {key!r} is corrupt ({short(e)})")
+    rep.problems += _plan_problems(attrs, p)
     if complete and not rep.problems:
         rep.problems += _totals_match_partials(g, p, committed, kept)
+        counted = attrs.get("tokens_per_language")
+        if counted:  # the driver counted them before profiling, with the backends' own rule
+            got = dict(zip(map(str, g["language"][:]), map(int, g["n_tokens"][:])))
+            rep.problems += [f"language {c!r}: n_tokens is {got.get(c)} but {n} tokens were counted when the run "
+                             "was planned (tokens_per_language): the tokenizer or the corpus changed during the run"
+                             for c, n in counted.items() if got.get(c) != n]
         try:
             _check_counts(xr.open_zarr(loc.zarr_url, consolidated=False).load(), path)
         except ResultsError as e:
             rep.problems.append(str(e).split(": ", 1)[-1])
     return rep
+
+
+def _plan_problems(attrs: dict, p: zarr.Group) -> list[str]:
+    """The recorded shard plan covers every language's rows once, in order, as the attributes say."""
+    rows = attrs.get("rows_per_language") or {}
+    langs = [str(x) for x in p["shard_language"][:]]
+    bounds = list(zip(langs, p["shard_start"][:].tolist(), p["shard_stop"][:].tolist()))
+    out = []
+    if len(bounds) != attrs.get("n_shards"):
+        out.append(f"the plan holds {len(bounds)} shards, the attributes say {attrs.get('n_shards')}")
+    for lang in attrs.get("languages") or []:
+        mine = [(a, b) for c, a, b in bounds if c == lang]
+        edges = [0] + [b for _, b in mine]
+        if not mine or [a for a, _ in mine] != edges[:-1] or edges[-1] != rows.get(lang):
+            out.append(f"the shard plan of language {lang!r} does not cover its {rows.get(lang)} rows once, in order")
+    if set(langs) - set(attrs.get("languages") or []):
+        out.append(f"the shard plan names languages the store does not have: {sorted(set(langs) - set(attrs['languages']))}")
+    return out
 
 
 def _totals_match_partials(g: zarr.Group, p: zarr.Group, committed: np.ndarray, kept) -> list[str]:
@@ -244,4 +312,4 @@ def _totals_match_partials(g: zarr.Group, p: zarr.Group, committed: np.ndarray, 
     return out
 
 
-__all__ = ["ResultsError", "Verification", "open_partials", "open_results", "store_attrs", "verify_store"]
+__all__ = ["IncompleteRun", "ResultsError", "Verification", "open_partials", "open_results", "store_attrs", "verify_store"]

@@ -25,6 +25,8 @@ A results store is a Zarr v3 group laid out as::
       expert_n_nonfinite[...]                                  int64    routed to it (no histogram)
       partials/                    one entry per shard, written by whichever worker ran it
         shard_language[shard], shard_start[shard], shard_stop[shard]   the shard plan
+        shard_digest[shard]        sha256 of each shard's rows as planned (`shards.rows_digest`);
+                                   a commit of other rows is refused (version 5 on)
         n_tokens[shard], n_fired[shard, layer, neuron], ... (same variables, `shard` for `language`,
                                    in the narrow PARTIAL_DTYPES: int32 counts, float32 sums)
         committed[shard]           uint8: 1 once every partial chunk of that shard is written
@@ -88,11 +90,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 4  # 4: `moe` and the MoE variables; 3: narrow partials, `partials_kept`; 2: attribute
+SCHEMA_VERSION = 5  # 5: whole-file weight fingerprint, `tokenizer_fingerprint`, each shard's row digest;
+#                    4: `moe` and the MoE variables; 3: narrow partials, `partials_kept`; 2: attribute
 #                    checksum, `state`, every chunk written
 #: Versions this langneurons reads (a version-2 store has wide partials, all of them kept; stores
-#: before version 4 are dense: no `moe` attribute).
-READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4)
+#: before version 4 are dense: no `moe` attribute; before 5 no tokenizer fingerprint or row digests).
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5)
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -108,36 +111,14 @@ ROUTING_VARS: tuple[str, ...] = ("n_routed", "router_prob_sum")
 EXPERT_VARS: tuple[str, ...] = ("expert_n_fired", "expert_act_sum", "expert_act_sumsq", "expert_n_nonfinite")
 MOE_VARS: tuple[str, ...] = ROUTING_VARS + EXPERT_VARS
 
-DTYPES: dict[str, np.dtype] = {
-    "n_tokens": np.dtype("int64"),
-    "n_fired": np.dtype("int64"),
-    "act_sum": np.dtype("float64"),
-    "act_sumsq": np.dtype("float64"),
-    "act_hist": np.dtype("int64"),
-    "n_nonfinite": np.dtype("int64"),
-    "n_routed": np.dtype("int64"),
-    "router_prob_sum": np.dtype("float64"),
-    "expert_n_fired": np.dtype("int64"),
-    "expert_act_sum": np.dtype("float64"),
-    "expert_act_sumsq": np.dtype("float64"),
-    "expert_n_nonfinite": np.dtype("int64"),
-}
-
-#: Per-shard partials as stored: narrow, exact under PARTIAL_MAX_TOKENS (see the module docstring).
+#: The variables that sum activations or probabilities (floating point); every other one counts.
+SUM_VARS: tuple[str, ...] = ("act_sum", "act_sumsq", "router_prob_sum", "expert_act_sum", "expert_act_sumsq")
+#: Totals: int64 counts, float64 sums.
+DTYPES: dict[str, np.dtype] = {v: np.dtype("float64" if v in SUM_VARS else "int64") for v in ALL_VARS + MOE_VARS}
+#: Per-shard partials as stored: narrow, exact under PARTIAL_MAX_TOKENS (see the module docstring);
+#: n_tokens stays int64.
 PARTIAL_DTYPES: dict[str, np.dtype] = {
-    "n_tokens": np.dtype("int64"),
-    "n_fired": np.dtype("int32"),
-    "act_sum": np.dtype("float32"),
-    "act_sumsq": np.dtype("float32"),
-    "act_hist": np.dtype("int32"),
-    "n_nonfinite": np.dtype("int32"),
-    "n_routed": np.dtype("int32"),
-    "router_prob_sum": np.dtype("float32"),
-    "expert_n_fired": np.dtype("int32"),
-    "expert_act_sum": np.dtype("float32"),
-    "expert_act_sumsq": np.dtype("float32"),
-    "expert_n_nonfinite": np.dtype("int32"),
-}
+    v: np.dtype("float32" if v in SUM_VARS else "int64" if v == "n_tokens" else "int32") for v in ALL_VARS + MOE_VARS}
 #: The most counted tokens one shard may hold: every int32 partial count is at most this.
 PARTIAL_MAX_TOKENS = int(np.iinfo(np.int32).max)
 
@@ -189,6 +170,29 @@ def dim_sizes(attrs: dict) -> dict[str, int]:
     return size
 
 
+#: Coordinate arrays of both groups, when the store has that dimension (`dim_sizes`).
+COORDS: tuple[str, ...] = ("layer", "neuron", "bin", "expert", "expert_neuron")
+#: The shard plan and commit markers (partials/ only).
+PLAN_ARRAYS: tuple[str, ...] = ("shard", "shard_language", "shard_start", "shard_stop", "committed", "shard_digest")
+
+
+def store_nodes(attrs: dict) -> dict[str, tuple[str, int]]:
+    """Every Zarr node a store with these root attributes holds: {path ("" = root): (node type,
+    number of dimensions)}. The one list of what a langneurons store is made of: the writer
+    creates exactly these, and `--overwrite` deletes nothing else (`store.location.removable`)."""
+    size = dim_sizes(attrs)
+    nodes: dict[str, tuple[str, int]] = {"": ("group", 0), "partials": ("group", 0)}
+    for prefix in ("", "partials/"):
+        for name in (*(c for c in COORDS if c in size), "bin_lower", "bin_upper"):
+            nodes[prefix + name] = ("array", 1)
+        for v in store_vars(attrs):
+            nodes[prefix + v] = ("array", 1 + len(TRAILING_DIMS[v]))
+    nodes["language"] = ("array", 1)
+    plan = PLAN_ARRAYS if attrs.get("schema_version", SCHEMA_VERSION) >= 5 else PLAN_ARRAYS[:-1]
+    nodes.update({f"partials/{name}": ("array", 1) for name in plan})
+    return nodes
+
+
 def chunk_shape(dims: tuple[str, ...], size: dict[str, int]) -> tuple:
     """A variable's chunks: one language (or shard) each; histograms and expert neurons also one
     layer each (chunks of MBs). A dimension of length 0 (a MoE model's `neuron` without a dense
@@ -216,7 +220,8 @@ class ModelInfo:
     and a worker whose facts differ from the store's is refused (`model_mismatch`)."""
 
     model: str              # path or hub id as given
-    fingerprint: str        # identifies the weights (profiler.backends.base.model_fingerprint)
+    fingerprint: str        # every byte of config.json and the weights (profiler.checkpoint)
+    tokenizer_fingerprint: str  # the tokenizer's files (profiler.checkpoint)
     architecture: str       # config.model_type
     n_layers: int
     d_ff: int               # width of the neuron variables: the dense FFN (0: a MoE model without one)
@@ -248,8 +253,8 @@ class CorpusFacts:
 #: workers loaded, and the corpus.
 IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "max_length",
                                       "long_documents", "batch_tokens", "shard_tokens", "min_shards", "shard_size")
-IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "architecture": "architecture",
-                                  "dtype": "dtype"}     # identity key -> ModelInfo field
+IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "tokenizer_fingerprint": "tokenizer_fingerprint",
+                                  "architecture": "architecture", "dtype": "dtype"}  # identity key -> ModelInfo field
 IDENTITY_CORPUS: dict[str, str] = {"languages": "languages", "corpus_fingerprint": "fingerprint",
                                    "n_sentences": "n_sentences", "rows_per_language": "rows",
                                    "aligned": "aligned"}  # identity key -> CorpusFacts field
@@ -270,7 +275,7 @@ def identity(counting: dict, info: ModelInfo, corpus: CorpusFacts) -> dict:
 def model_mismatch(expected: ModelInfo, got: ModelInfo) -> str | None:
     """How the model a worker loaded (`got`) differs from the one the store was made for, or None.
     The path may differ (another node mounts it elsewhere); the facts may not."""
-    keys = ("fingerprint", "architecture", "n_layers", "d_ff", "dtype", "moe")
+    keys = ("fingerprint", "tokenizer_fingerprint", "architecture", "n_layers", "d_ff", "dtype", "moe")
     diff = [f"{k}: the store has {getattr(expected, k)!r}, the worker loaded {getattr(got, k)!r}"
             for k in keys if getattr(expected, k) != getattr(got, k)]
     return "; ".join(diff) or None
@@ -285,6 +290,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
         "model": info.model,
         "revision": revision,
         "model_fingerprint": info.fingerprint,
+        "tokenizer_fingerprint": info.tokenizer_fingerprint,
         "architecture": info.architecture,
         "site": ident["site"],
         "threshold": ident["threshold"],
@@ -309,7 +315,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
 #: Root attributes of a complete store: `root_attrs`, then what the writer adds at creation and
 #: at completion (`completed`).
 ATTRS: tuple[str, ...] = (
-    "langneurons_version", "model", "revision", "model_fingerprint", "architecture", "site", "threshold",
+    "langneurons_version", "model", "revision", "model_fingerprint", "tokenizer_fingerprint", "architecture", "site", "threshold",
     "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "rows_per_language",
     "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens", "moe",
     "config", "run_only_config_fields", "versions",
@@ -343,9 +349,11 @@ def attrs_problem(attrs: dict) -> str | None:
     """Why these root attributes cannot be trusted, or None."""
     version = attrs.get("schema_version")
     if version not in READABLE_VERSIONS:
-        return (f"schema version {version!r}, but this langneurons reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}: "
-                "re-profile with this version, or open it with the langneurons that wrote it")
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        return (f"it was written with schema version {version!r}{' (a newer langneurons)' if newer else ''}, and "
+                f"this langneurons reads versions {', '.join(map(str, READABLE_VERSIONS))}: it is not damaged; open "
+                "it with the langneurons that wrote it" + (" (pip install -U langneurons)" if newer else "")
+                + ", or re-profile with this one")
     if "checksum" not in attrs:
         return "the root attributes have no checksum: they were edited, or this is not a complete write"
     try:

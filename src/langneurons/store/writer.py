@@ -34,26 +34,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from langneurons.shards import Shard
 from langneurons.store import schema
+from langneurons.store.create import WRITE_ALL, create_nodes
 from langneurons.store.chunks import ChunkDamaged, missing_chunks, read_checked, short
 from langneurons.store.location import (
     MARKER, Kind, Location, StoreLocationError, foreign_message, inspect, remove_arrays, remove_store, removable,
     resolve,
 )
 from langneurons.store.lock import StoreLock
-from langneurons.store.schema import DTYPES, KEEP_PARTIALS, PARTIAL_DTYPES, TRAILING_DIMS
+from langneurons.store.schema import KEEP_PARTIALS
 from langneurons.store.stats import PartialOverflow, Stats
 
 log = logging.getLogger(__name__)
 
-COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())  # checksum last: it covers the stored bytes
-# Partials are written once per shard, on the workers' time: level 1 halves the time of level 3
-# for 1-2% more bytes (benchmarks/bench_store.py measured both on realistic 8B-shape partials).
-PARTIAL_COMPRESSORS = (ZstdCodec(level=1), Crc32cCodec())
-WRITE_ALL = {"write_empty_chunks": True}           # a zero chunk is written, never left implicit
 FINALIZE_THREADS = 8  # languages summed at once: each holds one language's totals in float64
 DEFAULT_KEEP = "counts"  # --keep-partials when none is given (see config.StoreConfig.keep_partials)
 
@@ -64,16 +59,6 @@ class StoreError(RuntimeError):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _array(g: zarr.Group, name: str, data: np.ndarray | None, shape, dtype, chunks, dims,
-           attributes: dict | None = None, compressors=COMPRESSORS) -> zarr.Array:
-    a = g.create_array(name, shape=shape, dtype=dtype, chunks=chunks, dimension_names=list(dims),
-                       compressors=compressors, fill_value=0 if dtype != str else "",
-                       attributes=attributes or {}, config=WRITE_ALL)
-    if data is not None:
-        a[...] = data
-    return a
 
 
 def _open(loc: Location, mode: str) -> zarr.Group:
@@ -129,6 +114,7 @@ class ResultsStore:
         self.variables = schema.store_vars(attrs)
         # The partial variables this store holds: all until the run completes (schema.KEEP_PARTIALS)
         self.kept = schema.kept_partials(attrs)
+        self._digests: list[str] | None = None  # each shard's planned row digest (read once)
 
     def _arr(self, group: zarr.Group, name: str) -> zarr.Array:
         return group[name].with_config(WRITE_ALL)
@@ -175,34 +161,7 @@ class ResultsStore:
             "created": _now(),
             "schema_version": schema.SCHEMA_VERSION,
         })
-        # The identity goes first: an interrupted creation is recognisable as ours (and replaced).
-        g = zarr.create_group(store=loc.zarr_url, zarr_format=3, attributes=root, overwrite=False)
-        size = schema.dim_sizes(root)
-        lower, upper = schema.bin_bounds(tuple(edges))
-        coords = {d: np.arange(size[d]) for d in ("layer", "neuron", "bin", "expert", "expert_neuron") if d in size}
-        for grp in (g, g.require_group("partials")):
-            for name, values in coords.items():
-                _array(grp, name, values, values.shape, "int64", (max(values.size, 1),), (name,))
-            _array(grp, "bin_lower", lower, lower.shape, "float64", lower.shape, ("bin",))
-            _array(grp, "bin_upper", upper, upper.shape, "float64", upper.shape, ("bin",))
-        L = len(languages)
-        _array(g, "language", np.asarray(languages, dtype=str), (L,), str, (L,), ("language",))
-        p = g["partials"]
-        S = len(shards)
-        _array(p, "shard", np.arange(S), (S,), "int64", (S,), ("shard",))
-        _array(p, "shard_language", np.asarray([s.language for s in shards], dtype=str), (S,), str, (S,), ("shard",))
-        _array(p, "shard_start", np.asarray([s.start for s in shards]), (S,), "int64", (S,), ("shard",))
-        _array(p, "shard_stop", np.asarray([s.stop for s in shards]), (S,), "int64", (S,), ("shard",))
-        _array(p, "committed", np.zeros(S, np.uint8), (S,), "uint8", (1,), ("shard",))
-        for grp, lead, n in ((g, "language", L), (p, "shard", S)):
-            for v in schema.store_vars(root):
-                dims = TRAILING_DIMS[v]
-                shape = (n,) + tuple(size[d] for d in dims)
-                extra = {"coordinates": "bin_lower bin_upper"} if v == "act_hist" else None
-                if grp is p and v == "n_tokens":
-                    extra = {"coordinates": "shard_language shard_start shard_stop"}
-                dtype, codecs = (DTYPES[v], COMPRESSORS) if grp is g else (PARTIAL_DTYPES[v], PARTIAL_COMPRESSORS)
-                _array(grp, v, None, shape, dtype, schema.chunk_shape(dims, size), (lead,) + dims, extra, codecs)
+        g = create_nodes(loc, root, languages, shards)
         store = cls(loc, g)
         store._set_attrs(state="profiling")
         return store
@@ -248,6 +207,14 @@ class ResultsStore:
         p = self.partials
         stored = list(zip(p["shard_language"][:].tolist(), p["shard_start"][:].tolist(), p["shard_stop"][:].tolist()))
         planned = [(s.language, s.start, s.stop) for s in shards]
+        digests = self.planned_digests()
+        if stored == planned and digests is not None:
+            changed = [i for i, (d, s) in enumerate(zip(digests, shards)) if d != (s.digest or "")]
+            if changed:
+                sh = shards[changed[0]]
+                raise StoreError(f"cannot resume {self.url}: the rows of {len(changed)} shards differ from the rows "
+                                 f"profiled (first: shard {sh.index}, {sh.language} rows {sh.start}-{sh.stop}); "
+                                 "restore the corpus the run started with, or profile into a new --out")
         if stored != planned:
             first = next((i for i, (a, b) in enumerate(zip(stored, planned)) if a != b), min(len(stored), len(planned)))
             show = lambda x: "none" if first >= len(x) else "{}:{}-{}".format(*x[first])  # noqa: E731
@@ -272,7 +239,9 @@ class ResultsStore:
             raise StoreError(f"internal: attributes {sorted(bad)} are fixed once the store is created")
         attrs = dict(self.group.attrs)
         attrs.update(changes)
-        self.group.attrs.update(schema.sealed(attrs))
+        # put, not update: zarr's update writes zarr.json once per key, and a kill between two of
+        # those writes would leave attributes that fail their checksum (a store no tool opens)
+        self.group.attrs.put(schema.sealed(attrs))
 
     # --- per shard (any worker) ------------------------------------------------------------
     def committed(self) -> np.ndarray:
@@ -282,10 +251,23 @@ class ResultsStore:
         except ChunkDamaged as e:
             raise StoreError(f"{self.url}: the commit markers are damaged: {e}; profile into a new --out") from e
 
-    def write_shard(self, index: int, stats: Stats) -> None:
-        """Write shard `index`'s partial, then its commit marker (the last write)."""
+    def planned_digests(self) -> list[str] | None:
+        """Each shard's row digest recorded at creation (`shards.rows_digest`); None in stores
+        written before schema version 5, which recorded none."""
+        if self._digests is None and "shard_digest" in self.partials:
+            self._digests = [str(d) for d in self.partials["shard_digest"][:]]
+        return self._digests
+
+    def write_shard(self, index: int, stats: Stats, rows_digest: str | None = None) -> None:
+        """Write shard `index`'s partial, then its commit marker (the last write). `rows_digest`,
+        the digest of the rows profiled, must be the one the store planned the shard with."""
         if not 0 <= index < self.n_shards:
             raise IndexError(f"shard {index} is outside the plan of {self.n_shards} shards")
+        planned = self.planned_digests()
+        if planned is not None and planned[index] and rows_digest != planned[index]:
+            raise StoreError(f"shard {index} was not committed: the rows profiled are not the rows {self.url} "
+                             "planned for it (a corpus file changed during the run). Restore the corpus and run "
+                             "the same command with --resume, or profile the new text into a new --out")
         try:
             arrays = stats.partial_arrays()
         except PartialOverflow as e:
@@ -339,7 +321,19 @@ class ResultsStore:
 
         A store that is already complete (a `--resume` of a finished run) keeps what it kept
         unless `keep` asks for less (deleted partials cannot come back); its totals are summed
-        again only if it still holds every partial (a damaged one was just profiled again)."""
+        again only if it still holds every partial (a damaged one was just profiled again).
+
+        A failed write (a full disk) is an error naming the file and the way on: every shard is
+        committed, so `--resume` only sums and finishes."""
+        try:
+            self._finalize(keep)
+        except OSError as e:
+            where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+            raise StoreError(f"{self.url}: finishing the store failed{where} ({short(e)}). Every shard is committed "
+                             "and kept: free the space (or fix the cause) and run the same command with --resume "
+                             "to sum the totals and finish, without profiling again") from e
+
+    def _finalize(self, keep: str | None) -> None:
         attrs = dict(self.group.attrs)
         before = (attrs.get("partials_kept") or "all") if attrs.get("complete") else None
         if before is not None and keep is not None and len(KEEP_PARTIALS[keep]) > len(KEEP_PARTIALS[before]):
