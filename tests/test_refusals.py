@@ -73,6 +73,14 @@ def world(tmp_path_factory) -> World:
     zarr.open_group(str(root / "store_emptygroup.zarr" / "partials" / "mine"), mode="w", zarr_format=3)
     shutil.rmtree(root / "store_wrongkind.zarr" / "partials" / "shard_stop")   # a group where the schema has an array
     zarr.open_group(str(root / "store_wrongkind.zarr" / "partials" / "shard_stop"), mode="w", zarr_format=3)
+    shutil.copytree(root / "store.zarr", root / "store_edited.zarr")     # root attributes of the wrong type
+    meta = json.loads((root / "store_edited.zarr" / "zarr.json").read_text())
+    meta["attributes"]["moe"] = 1
+    (root / "store_edited.zarr" / "zarr.json").write_text(json.dumps(meta))
+    (root / "report_link").mkdir()                                          # an earlier report, and a link in it
+    (root / "report_link" / "langneurons-report.json").write_text("{}\n")
+    os.symlink(home / "notes.txt", root / "report_link" / "neurons.csv")
+    os.symlink(home / "notes.txt", root / "link_to_notes.csv")
     (root / "store_chunklike.zarr" / "act_sum" / "c" / "7" / "0").mkdir(parents=True)  # 3 languages: c/0-2 only
     (root / "store_chunklike.zarr" / "act_sum" / "c" / "7" / "0" / "0").write_bytes(b"my bytes")
     # broken models
@@ -200,6 +208,16 @@ CASES = [
          ("partials/shard_stop/zarr.json", "nothing was deleted")),
     Case("overwrite-store-with-chunk-like-file", P("--overwrite", out="store_chunklike.zarr"),
          ("act_sum/c/7/0/0", "nothing was deleted")),
+    Case("overwrite-store-with-edited-attributes", P("--overwrite", out="store_edited.zarr"),
+         ("store_edited.zarr", "were edited", "nothing was deleted")),
+    Case("info-edited-attributes", lambda w: [w.store_edited__zarr], ("store_edited.zarr", "were edited"), command="info"),
+    Case("verify-edited-attributes", lambda w: [w.store_edited__zarr, "--verify"], ("1 problem",), command="info"),
+    Case("out-unset-variable", P(lambda w: "--out", lambda w: "$LANGNEURONS_UNSET_VAR/r.zarr", out=None),
+         ("--out", "$LANGNEURONS_UNSET_VAR is not set")),
+    Case("out-unknown-user", P(lambda w: "--out", lambda w: "~nosuchuser_ln/r.zarr", out=None),
+         ("--out", "no user 'nosuchuser_ln'")),
+    Case("score-unset-variable", lambda w: ["$LANGNEURONS_UNSET_VAR/s.zarr"], ("$LANGNEURONS_UNSET_VAR is not set",),
+         command="score"),
     Case("overwrite-symlink-to-home", P("--overwrite", out="link_to_home"), ("link_to_home", "never writes into")),
     Case("out-broken-symlink", P(out="broken_link"), ("broken_link", "broken symbolic link")),
     Case("resume-nothing-there", P("--resume"), ("--resume", "no results store", "without --resume")),
@@ -296,6 +314,10 @@ CASES = [
          ("--out", "home", "folder of other files", "choose another --out"), command="score"),
     Case("score-report-onto-a-file", lambda w: [w.store__zarr, "--export", "--out", w.file__txt],
          ("file.txt", "is a file"), command="score"),
+    Case("score-report-holding-a-link", lambda w: [w.store__zarr, "--export", "--out", str(w.root / "report_link")],
+         ("report_link", "neurons.csv", "a link or a folder", "nothing was written"), command="score"),
+    Case("ablate-out-is-a-link", lambda w: [w.store__zarr, "--out", str(w.root / "link_to_notes.csv")],
+         ("link_to_notes.csv", "symbolic link"), command="ablate"),
     Case("ablate-out-overwrites-a-file", lambda w: [w.store__zarr, "--out", w.file__txt],
          ("--out", "file.txt", "choose a new file name"), command="ablate"),
     Case("ablate-foreign", lambda w: [w.home], ("home", "not a langneurons results store"), command="ablate"),

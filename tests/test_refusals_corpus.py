@@ -255,3 +255,20 @@ def test_a_refused_budgeted_run_leaves_no_counts_files(model, own_tmp, tmp_path,
                    "--max-length", "16"], tmp_path, capsys)
     assert "fr row 2" in msg, msg
     assert counts_files(own_tmp) == set()
+
+
+def test_a_language_folder_of_text_files_is_named_not_silently_skipped(tmp_path, caplog):
+    """A folder `en/` of .txt files is no layout of a language (one file, or .parquet/save_to_disk
+    folders): it is left out, but a warning names it and says what a language folder holds."""
+    import logging
+
+    from langneurons.corpus import open_corpus
+
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "part1.txt").write_text("the dog\n", encoding="utf-8")
+    for lang in ("fr", "ru"):
+        (tmp_path / f"{lang}.txt").write_text("x\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="langneurons.corpus.layout"):
+        corpus = open_corpus(str(tmp_path))
+    assert list(corpus.languages) == ["fr", "ru"]
+    assert any("en/ is not read as a language" in r.getMessage() for r in caplog.records), caplog.text

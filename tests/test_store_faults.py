@@ -366,9 +366,15 @@ def test_a_kill_at_any_point_of_an_overwrite_is_finished_by_the_same_command(tmp
     finishes the deletion and creates the new store."""
     from langneurons.store.writer import StoreError
 
+    from langneurons.store.stats import Stats
+
     out = tmp_path / "r.zarr"
-    _create(out)
+    store = _create(out)
+    for i in range(2):  # a complete store: partial and total chunks in folders c/<i>/<j>/...
+        store.write_shard(i, Stats.zeros(2, 7, 3), str(i) * 64)
+    store.finalize(keep="all")
     want = _nodes(out)
+    assert any(len(f.relative_to(out).parts) == 5 for f in out.rglob("*") if "c" in f.parts)
     n_files = sum(1 for f in out.rglob("*") if f.is_file())
     real = os.unlink
     for k in range(1, n_files + 1):

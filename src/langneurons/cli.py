@@ -43,6 +43,14 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
     return ProfileConfig.from_flags(**given)
 
 
+def _path(value: str) -> str:
+    """A path argument with `~` and $VARS expanded (`config.expand_path`), its error argparse's own."""
+    try:
+        return expand_path(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors on one line, like every other error, with exit status 2."""
 
@@ -60,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("score", help="LAPE language-specific neurons per layer, tables and plots")
-    s.add_argument("results", type=expand_path, help="results store written by `langneurons profile`")
+    s.add_argument("results", type=_path, help="results store written by `langneurons profile`")
     s.add_argument("--plot", action="store_true", help="write PNG/SVG plots into --out")
-    s.add_argument("--out", type=expand_path, default=None,
+    s.add_argument("--out", type=_path, default=None,
                    help="directory for plots and exports (default: <results>.report, beside the store)")
     s.add_argument("--top-rate", type=float, default=None, help="LAPE top_rate (default 0.01)")
     s.add_argument("--filter-rate", type=float, default=None, help="LAPE filter percentile (default 0.95)")
@@ -77,20 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: en if profiled, else the first language)")
 
     i = sub.add_parser("info", help="describe a results store")
-    i.add_argument("results", type=expand_path)
+    i.add_argument("results", type=_path)
     i.add_argument("--verify", action="store_true",
                    help="read every chunk, check the attributes' checksum and re-sum the partials against "
                         "the totals; exit status 2 on any damage")
 
     a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
-    a.add_argument("results", type=expand_path)
-    a.add_argument("--heldout", type=expand_path, default=None,
+    a.add_argument("results", type=_path)
+    a.add_argument("--heldout", type=_path, default=None,
                    help="corpus of held-out sentences (default: rows 500-599 of the bundled demo corpus)")
     a.add_argument("--max-sentences", type=int, default=100)
     a.add_argument("--device", default="auto")
     a.add_argument("--top-rate", type=float, default=0.01, help="LAPE top_rate for the masks")
-    a.add_argument("--out", type=expand_path, default=None, help="write the perplexity-ratio matrix as CSV here")
-    a.add_argument("--model", type=expand_path, default=None,
+    a.add_argument("--out", type=_path, default=None, help="write the perplexity-ratio matrix as CSV here")
+    a.add_argument("--model", type=_path, default=None,
                    help="the profiled model's folder, if it moved (default: the path stored in the results)")
     a.add_argument("--allow-model-mismatch", action="store_true",
                    help="ablate even if the model's weight fingerprint differs from the profiled one")
@@ -168,7 +176,7 @@ def cmd_info(args) -> int:
               "the sum of the committed partials kept)" if rep.state == "complete" else
               f"{args.results}: verified ({rep.chunks_read} chunks read, state {rep.state})")
         return 0
-    problem = schema.attrs_problem(a)
+    problem = edited = schema.attrs_problem(a)
     ds = xr.open_zarr(loc.zarr_url, consolidated=False)
     if a.get("complete") and not problem:
         try:  # the totals: every chunk present, checksums, counts adding up
@@ -182,6 +190,8 @@ def cmd_info(args) -> int:
               "corpus", "n_sentences", "rows_per_language", "tokens_per_language", "max_tokens_per_language",
               "corpus_fingerprint", "n_shards", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")
+    if edited:  # attributes that fail their checksum may hold anything: print them as they are, no more
+        raise RuntimeError(f"{args.results} is damaged: {edited}")
     if a.get("complete"):
         kept = schema.kept_partials(a)
         print(f"  {'partials_kept':20s} {a.get('partials_kept') or 'all'} ({', '.join(kept) or 'no variables'})")

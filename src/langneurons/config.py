@@ -105,7 +105,13 @@ def expand_path(value: str) -> str:
     `$` in them belongs to the server."""
     if "://" in value:
         return value
-    return os.path.expanduser(os.path.expandvars(value))
+    out = os.path.expanduser(os.path.expandvars(value))
+    unset = re.search(r"\$(\w+|\{[^}]*\})", out)
+    if unset:  # a shell would make it "" silently; a folder named "$NAME" is never what was meant
+        raise ValueError(f"path {value}: the variable {unset.group(0)} is not set; set it, or write the path out")
+    if out.startswith("~"):
+        raise ValueError(f"path {value}: there is no user {out.split('/', 1)[0][1:]!r} for ~; write the path out")
+    return out
 
 
 def _normalized(s: Spec, v: Any) -> Any:
@@ -144,7 +150,10 @@ def check_section(section: Any) -> None:
         v = getattr(section, s.name)
         if v is None and s.optional:
             continue
-        norm = _normalized(s, v)
+        try:
+            norm = _normalized(s, v)
+        except ValueError as e:
+            raise ValueError(f"{s.option}: {e}") from None
         if norm is not v:
             object.__setattr__(section, s.name, v := norm)
         ok = (isinstance(v, list) and all(_is(x, s.base) for x in v)) if s.is_list else _is(v, s.base)

@@ -17,9 +17,12 @@ file happened to win.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 from langneurons.corpus.checks import CorpusError, check_code
+
+log = logging.getLogger(__name__)
 
 LANGUAGE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 IDS_FILE = "ids.txt"  # in a textdir: row ids, one per line, instead of line numbers
@@ -50,6 +53,10 @@ def _code_of(p: pathlib.Path) -> str | None:
         return None
     if p.is_dir():
         code = p.name if is_data_dir(p) else None
+        if code is None and any(q.suffix.lower() in (".txt", ".jsonl") for q in p.iterdir()):
+            log.warning("%s/ is not read as a language: a language's rows are one file (%s.txt, %s.jsonl) or a "
+                        "folder of .parquet files or save_to_disk; concatenate its files into one if it is one",
+                        p, p.name, p.name)
     elif p.suffix.lower() in LANGUAGE_SUFFIXES:
         code = p.name[: -len(p.suffix)]
     else:

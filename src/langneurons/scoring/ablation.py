@@ -165,6 +165,9 @@ def ablate_report(results: str, *, heldout: str | None = None, max_sentences: in
     from langneurons.scoring.lape import LapeConfig, firing_probability, lape
     from langneurons.store.reader import open_results
 
+    if out and Path(out).is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; the table would be written wherever it points: "
+                         "give a plain file name")
     if out and Path(out).exists():
         head = Path(out).read_text(errors="replace").split("\n", 1)[0] if Path(out).is_file() else ""
         if not head.startswith("ablated,"):  # an earlier `ablate --out` table may be replaced, nothing else

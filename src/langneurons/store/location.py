@@ -253,8 +253,12 @@ def _is_our_dir(rel: str, nodes: dict[str, Node]) -> bool:
     parts = rel.split("/")
     for k in range(len(parts)):
         if parts[k] == "c" and nodes.get("/".join(parts[:k]), ("", 0, None))[0] == "array":
-            grid = nodes["/".join(parts[:k])][2]
-            return not parts[k + 1:] or _chunk_index(parts[k + 1:], grid)
+            _, ndim, grid = nodes["/".join(parts[:k])]
+            idx = parts[k + 1:]
+            if grid is None:  # its zarr.json is gone (an interrupted deletion, which removes the
+                # chunks first): the index folders are left, empty; any file in them is judged alone
+                return len(idx) < max(ndim, 1) and all(_INDEX.match(i) for i in idx)
+            return not idx or _chunk_index(idx, grid)
     return False
 
 
@@ -275,6 +279,11 @@ def removable(loc: Location) -> tuple[list[str], list[str]]:
             f"--overwrite: {loc.url} is a langneurons store of schema version {version!r}; this langneurons "
             f"knows the layout of versions {', '.join(map(str, schema.READABLE_VERSIONS))} only, so it cannot "
             "tell its own files from others'. Delete it with the langneurons that wrote it, or choose another --out")
+    problem = schema.attrs_problem(ins.attrs)
+    if problem:  # the node list comes from these attributes: edited ones cannot say what is ours
+        raise StoreLocationError(f"--overwrite: {loc.url}: {problem}. Its files cannot be told from others' by "
+                                 "attributes that were changed, so nothing was deleted: delete the store yourself, "
+                                 "or choose another --out")
     files, dirs, other = _list_files(loc)
     schema_nodes = schema.store_nodes(ins.attrs)
     found = _node_kinds(loc, files)

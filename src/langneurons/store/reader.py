@@ -212,12 +212,11 @@ def verify_store(path: str) -> Verification:
     loc, attrs = store_attrs(path)
     rep = Verification(path, state=str(attrs.get("state", "complete" if attrs.get("complete") else "?")))
     problem = schema.attrs_problem(attrs)
-    if problem:
+    if problem:  # every other check reads its layout from these attributes
         rep.problems.append(problem)
-        if attrs.get("schema_version") not in schema.READABLE_VERSIONS:
-            return rep
+        return rep
     variables = schema.store_vars(attrs)
-    kept = schema.kept_partials(attrs) if not problem else variables
+    kept = schema.kept_partials(attrs)
     g = zarr.open_group(loc.zarr_url, mode="r", zarr_format=3)
     if "partials" not in g:
         rep.problems.append("the partials/ group is missing")

@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from langneurons.config import ProfileConfig
+from langneurons.config import CountingConfig, ProfileConfig
 from langneurons.profiler import sites, tokens
 from langneurons.profiler.backends import vllm_worker
 from langneurons.profiler.backends.base import describe
@@ -172,20 +172,38 @@ class VLLMBackend:
             raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens and would "
                                "corrupt the counts. Refusing to profile")
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
-        self._pattern: tuple[int, int] | None = None
-        c = self.counting
+        self._kernel, self._act = b.kernel, activation_name(mcfg)
+        ranks = self._install(self.counting)
+        # what the workers actually loaded, as they report it
+        self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
+                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], moe=self._layout(mcfg, ranks[0]["moe"]))
+
+    def _install(self, c: CountingConfig) -> list[dict]:
+        """(Re)install the hooks in every rank for counting section `c`; returns the ranks' reports."""
         self.install = functools.partial(  # kept: uninstall + install gives a hook-free engine back
             vllm_worker.install, model_type=self.model_type, site=c.site, threshold=c.threshold,
-            edges=list(c.bin_edges), kernel=b.kernel, act=activation_name(mcfg))
+            edges=list(c.bin_edges), kernel=self._kernel, act=self._act)
         ranks = self._apply(self.install)
+        self._pattern: tuple[int, int] | None = None  # fresh hooks count no special token yet
         self.kernel = ranks[0]["kernel"]  # every rank runs on the same kind of device
         # how the site is read: "act_and_mul" (act(gate) taken inside vLLM's activation op), "output"
         # (act(gate) recomputed from the merged projection), "input" (down_in)
         self.hooked = ranks[0]["hooked"]
         log.info("vLLM workers reduce with the %s kernel (hook points: %s)", self.kernel, ", ".join(self.hooked))
-        # what the workers actually loaded, as they report it
-        self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
-                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], moe=self._layout(mcfg, ranks[0]["moe"]))
+        return ranks
+
+    def recount(self, counting: CountingConfig) -> None:
+        """Count with another counting section on the running engine, without loading the weights
+        again: another site, threshold or bin edges (hooks installed afresh), special tokens or
+        long-document rule (the tokenizer side's). The engine's limits were set from max_length and
+        batch_tokens when it started, so those must stay."""
+        fixed = [f"{f} {getattr(self.counting, f)} -> {getattr(counting, f)}" for f in ("max_length", "batch_tokens")
+                 if getattr(counting, f) != getattr(self.counting, f)]
+        if fixed:
+            raise ValueError(f"the vLLM engine was started for other limits ({', '.join(fixed)}); start a new "
+                             "backend for them")
+        self._install(counting)
+        self.counting = counting
 
     def _layout(self, mcfg, routing: dict | None):
         """The MoE layout (routing only: no expert neurons from vLLM), from the transformers model's
