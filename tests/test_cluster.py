@@ -171,8 +171,8 @@ def test_worker_that_loaded_another_dtype_is_refused(model, corpus, local_ray, t
     real = run.model_info
 
     def driver_thinks_bf16(*a, **kw):
-        info, max_length = real(*a, **kw)
-        return dataclasses.replace(info, dtype="bfloat16"), max_length
+        info, *rest = real(*a, **kw)
+        return dataclasses.replace(info, dtype="bfloat16"), *rest
 
     monkeypatch.setattr(run, "model_info", driver_thinks_bf16)
     out = tmp_path / "r.zarr"

@@ -25,8 +25,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "langneurons"
 def test_identity_is_counting_section_plus_model_and_corpus():
     assert tuple(f.name for f in dataclasses.fields(CountingConfig)) == schema.IDENTITY_COUNTING
     assert RUN_ONLY_FIELDS == {s.flag for s in SPECS.values() if s.section != "counting"}
-    info = schema.ModelInfo(model="/m", fingerprint="sha256:x", tokenizer_fingerprint="sha256:t", architecture="llama",
-                            n_layers=2, d_ff=8, dtype="float32")
+    info = schema.ModelInfo(model="/m", fingerprint="sha256:x", tokenizer_fingerprint="sha256:t", bos="none",
+                            architecture="llama", n_layers=2, d_ff=8, dtype="float32")
     corpus = schema.CorpusFacts(source="c", languages=("en", "fr"), fingerprint="sha256:c", rows={"en": 3, "fr": 3})
     ident = schema.identity(dataclasses.asdict(ProfileConfig().counting), info, corpus)
     assert set(ident) == ({"schema_version"} | set(schema.IDENTITY_MODEL) | set(schema.IDENTITY_COUNTING)
@@ -37,13 +37,15 @@ def test_identity_is_counting_section_plus_model_and_corpus():
 
 
 def test_model_mismatch_names_every_differing_fact():
-    a = schema.ModelInfo(model="/m", fingerprint="f", tokenizer_fingerprint="t", architecture="llama", n_layers=2,
-                         d_ff=8, dtype="float32")
+    a = schema.ModelInfo(model="/m", fingerprint="f", tokenizer_fingerprint="t", bos="added by the tokenizer",
+                         architecture="llama", n_layers=2, d_ff=8, dtype="float32")
     assert schema.model_mismatch(a, dataclasses.replace(a, model="/elsewhere/m")) is None  # paths may differ
     msg = schema.model_mismatch(a, dataclasses.replace(a, dtype="bfloat16", d_ff=16))
     assert "dtype: the store has 'float32', the worker loaded 'bfloat16'" in msg and "d_ff" in msg
     msg = schema.model_mismatch(a, dataclasses.replace(a, tokenizer_fingerprint="other"))
     assert msg == "tokenizer_fingerprint: the store has 't', the worker loaded 'other'"
+    msg = schema.model_mismatch(a, dataclasses.replace(a, bos="none"))  # a worker that would feed other tokens
+    assert msg == "bos: the store has 'added by the tokenizer', the worker loaded 'none'"
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS.values() if s.choices], ids=lambda s: s.flag)

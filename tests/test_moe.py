@@ -11,11 +11,12 @@ from fixtures import D_FF, E_FF, N_EXPERTS, SENTENCES, TOP_K, make_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langneurons.config import ProfileConfig
-from langneurons.profiler import hooks, moe, sites
+from langneurons.profiler import hooks, moe, moe_layout
+from langneurons.profiler.architectures import ARCHITECTURES, UnsupportedArchitecture
 from langneurons.profiler.backends.hf import HFBackend
 from oracle import moe_oracle, reference_stats_numpy
 
-MOE_ARCHS = sorted(k for k, v in sites.ARCHITECTURES.items() if v.moe is not None)
+MOE_ARCHS = sorted(k for k, v in ARCHITECTURES.items() if v.moe is not None)
 # the fixtures' layouts (tests/fixtures.py): (moe_layers, dense_layers, d_ff)
 LAYOUTS = {"mixtral": ((0, 1), (), 0), "olmoe": ((0, 1), (), 0), "gpt_oss": ((0, 1), (), 0),
            "qwen2_moe": ((1,), (0, 1), D_FF), "qwen3_moe": ((0,), (1,), D_FF)}
@@ -117,7 +118,7 @@ def test_profiling_leaves_the_model_output_unchanged(models, arch):
     attn = (ids != 0).long()
     with torch.no_grad():
         want = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-        layout = sites.moe_layout(model, arch, expert_neurons=True)
+        layout = moe_layout.moe_layout(model, arch, expert_neurons=True)
         from langneurons.kernels.reference import Accumulator, accumulate_
         state = hooks.HookState(Accumulator.zeros(1, 2, max(layout.expert_d_ff, 1), (0.0,), 0.0), accumulate_,
                                 compact=False, site="down_in")
@@ -128,9 +129,9 @@ def test_profiling_leaves_the_model_output_unchanged(models, arch):
         again = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state  # hooks removed
     assert torch.equal(got, want) and torch.equal(again, want)
     assert int(macc.n_routed.sum()) == len(layout.moe_layers) * TOP_K * int(attn.sum())
-    assert all("forward" not in vars(getattr(b, "experts")) for _, b in sites.sparse_blocks(model, arch))
+    assert all("forward" not in vars(getattr(b, "experts")) for _, b in moe_layout.sparse_blocks(model, arch))
     # a wrapper another library installed on an experts module (accelerate does) is put back
-    experts = sites.sparse_blocks(model, arch)[0][1].experts
+    experts = moe_layout.sparse_blocks(model, arch)[0][1].experts
     wrapper = experts.forward
     experts.forward = wrapper
     with moe.installed(model, arch, state, macc):
@@ -154,7 +155,7 @@ def test_fused_mlp_refused_for_moe_with_a_clear_message(models):
     from langneurons.run import model_info
 
     cfg = ProfileConfig.from_flags(model=str(models["olmoe"]), fused_mlp=True)
-    with pytest.raises(sites.UnsupportedArchitecture, match="not the experts of olmoe"):
+    with pytest.raises(UnsupportedArchitecture, match="not the experts of olmoe"):
         model_info(cfg, in_process=True)
 
 
@@ -354,8 +355,8 @@ def test_resume_with_another_moe_layout_is_refused(models, corpus, tmp_path, mon
 
     out = tmp_path / "r.zarr"
     _profile(models, "olmoe", corpus, out)
-    real = sites.moe_layout
-    monkeypatch.setattr(sites, "moe_layout", lambda m, t, *, expert_neurons: real(m, t, expert_neurons=False))
+    real = moe_layout.moe_layout
+    monkeypatch.setattr(moe_layout, "moe_layout", lambda m, t, *, expert_neurons: real(m, t, expert_neurons=False))
     with pytest.raises(StoreError, match=r"resume with the backend that started it \(--backend hf\)"):
         _profile(models, "olmoe", corpus, out, resume=True)
 

@@ -10,10 +10,10 @@ from transformers import AutoTokenizer
 
 from langneurons.config import ProfileConfig
 from oracle import reference_stats_numpy, sequence_activations
-from langneurons.profiler import sites
+from langneurons.profiler import architectures
 from langneurons.profiler.backends.hf import HFBackend
 
-ARCHS = sorted(k for k, v in sites.ARCHITECTURES.items() if v.moe is None)  # MoE: tests/test_moe.py
+ARCHS = sorted(k for k, v in architectures.ARCHITECTURES.items() if v.moe is None)  # MoE: tests/test_moe.py
 
 
 @pytest.fixture(scope="module")
@@ -107,5 +107,5 @@ def test_unsupported_architecture_lists_supported(tmp_path):
 
     T5Config(d_model=16, d_ff=16, num_layers=1, num_heads=2, vocab_size=64).save_pretrained(tmp_path)
     with pytest.raises(ValueError) as e:
-        sites.arch_spec("t5")
+        architectures.arch_spec("t5")
     assert "llama" in str(e.value) and "xglm" in str(e.value)

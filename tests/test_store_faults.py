@@ -281,7 +281,7 @@ def _create(out: Path, *, resume=False, overwrite=False):
     from langneurons.store.schema import CorpusFacts, ModelInfo
     from langneurons.store.writer import ResultsStore, check_out
 
-    info = ModelInfo("m", "sha256:0", "sha256:1", "llama", 2, 7, "float32")
+    info = ModelInfo("m", "sha256:0", "sha256:1", "added by the tokenizer", "llama", 2, 7, "float32")
     facts = CorpusFacts("c", ("en",), "sha256:2", {"en": 3})
     ident = schema.identity({k: None for k in schema.IDENTITY_COUNTING}, info, facts)
     attrs = schema.root_attrs(ident, info, facts, revision=None, backend="hf", config={}, run_only=[],

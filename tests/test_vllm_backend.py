@@ -16,6 +16,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 from fixtures import SENTENCES, make_tokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
@@ -24,7 +25,7 @@ from langneurons.profiler.backends.vllm import VLLMBackend  # noqa: E402
 SENTS = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
 
 
-def tiny(arch: str, path, add_eos=False, positions=512, d_ff=101):
+def tiny(arch: str, path, add_eos=False, positions=512, d_ff=101, add_bos=True):
     """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime (tensor parallel needs it even)."""
     import transformers as tf
 
@@ -42,7 +43,7 @@ def tiny(arch: str, path, add_eos=False, positions=512, d_ff=101):
             if p.dim() == 2:
                 p.mul_(8.0)
     m.save_pretrained(path)
-    make_tokenizer(add_eos=add_eos).save_pretrained(path)
+    make_tokenizer(add_eos=add_eos, add_bos=add_bos).save_pretrained(path)
     return str(path)
 
 
@@ -121,8 +122,14 @@ def test_dense_architectures_match_hf(tmp_path, arch):
     """The gate site is the config's activation (GELU-tanh for Gemma 3) of the gate half of vLLM's
     merged projection, read inside vLLM's activation op; Gemma 3's layers share one op instance, so
     there it is recomputed from the projection's output. The architecture-specific part; down_in is
-    the same hook everywhere."""
-    compare(tiny(arch, tmp_path / arch), hooked=["output"] if arch == "gemma3_text" else None)
+    the same hook everywhere. Gemma 3's tokenizer here leaves BOS out (as its GGUF tokenizer does):
+    both backends add it (the BOS rule), so vLLM's prompts open with it too and BOS is counted."""
+    gemma = arch == "gemma3_text"
+    model = tiny(arch, tmp_path / arch, add_bos=not gemma)
+    got = compare(model, hooked=["output"] if gemma else None, include_special_tokens=gemma)
+    if gemma:
+        tok = AutoTokenizer.from_pretrained(model)
+        assert got.n_tokens == sum(len(tok(s).input_ids) + 1 for s in SENTS)  # one BOS per sentence
 
 
 def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_is_an_error(tmp_path):
@@ -289,7 +296,7 @@ def test_moe_routing_matches_hf(tmp_path, arch):
 
 
 def test_moe_architecture_vllm_cannot_run_is_refused(tmp_path):
-    from langneurons.profiler.sites import UnsupportedArchitecture, vllm_spec
+    from langneurons.profiler.architectures import UnsupportedArchitecture, vllm_spec
 
     with pytest.raises(UnsupportedArchitecture, match="use --backend hf"):
         vllm_spec("gpt_oss")

@@ -186,7 +186,8 @@ def cmd_info(args) -> int:
     status = ("DAMAGED: " + problem if problem else
               "complete (totals checked)" if a.get("complete") else "INCOMPLETE (resume with --resume)")
     print(f"{args.results}: {status}")
-    for k in ("model", "architecture", "model_fingerprint", "tokenizer_fingerprint", "site", "threshold", "dtype", "backend",
+    for k in ("model", "architecture", "model_fingerprint", "tokenizer_fingerprint", "bos", "site", "threshold", "dtype",
+              "backend",
               "corpus", "n_sentences", "rows_per_language", "tokens_per_language", "max_tokens_per_language",
               "corpus_fingerprint", "n_shards", "created", "langneurons_version"):
         print(f"  {k:20s} {a.get(k)}")

@@ -212,6 +212,10 @@ class CountingConfig:
     bin_edges: list[float] = opt(doc="Histogram edges (strictly increasing); the outer bins are open-ended.",
                                  factory=lambda: list(DEFAULT_EDGES))
     include_special_tokens: bool = opt(False, "Also count tokenizer-added special tokens (BOS/EOS). Padding never counts.")
+    add_bos: bool = opt(True, """Where the model expects a BOS token and its tokenizer leaves it out (Gemma and
+        Mistral families, tokenizers declaring add_bos_token, chat templates writing bos_token; common in GGUF
+        conversions), add it to every sequence as a special token; the store's `bos` says what was done.
+        --no-add-bos feeds the tokenizer's output as is, e.g. to reproduce counts another tool made that way.""")
     max_length: int | None = opt(None, """Longest sequence fed to the model, in tokens; longer rows are
         handled by --long-documents. Default: 512, or the model's position limit if lower; more than the
         model's limit is refused.""", min=1)

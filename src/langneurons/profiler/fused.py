@@ -5,7 +5,7 @@ MLP has just written. Fusing needs the MLP's own forward: for the duration of on
 each MLP's forward is shadowed by an instance attribute computing the same thing,
 down_proj(fused(gate_proj(x), up_proj(x))), whose middle is one kernel (`kernels/triton_fused.py`
 on CUDA, its torch twin elsewhere). Only MLPs known to compute exactly that are accepted
-(`sites.fusable_mlps`); the tests check that the shadowed forward gives totals bit-identical to the
+(`fusable_mlps`); the tests check that the shadowed forward gives totals bit-identical to the
 hooks on every such architecture. The shadow is always removed in `finally`.
 """
 
@@ -16,7 +16,36 @@ from typing import Iterator
 
 from torch import nn
 
+from langneurons.profiler.architectures import ARCHITECTURES, UnsupportedArchitecture, arch_spec, module_at
 from langneurons.profiler.hooks import HookState
+
+
+SILU_MODULES = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU modules
+
+
+def fusable_mlps(model: nn.Module, model_type: str) -> list[nn.Module]:
+    """Each layer's MLP, for --fused-mlp: only MLPs known to compute
+    down_proj(silu(gate_proj(x)) * up_proj(x)), which the fused kernel reproduces exactly."""
+    spec = arch_spec(model_type)
+    fusable = sorted(k for k, v in ARCHITECTURES.items() if v.fusable)
+    if spec.moe is not None:
+        raise UnsupportedArchitecture(f"--fused-mlp covers dense SiLU-gated MLPs ({', '.join(fusable)}), not the "
+                                      f"experts of {model_type}. Drop --fused-mlp: the hooks profile it.")
+    if not spec.fusable:
+        kind = f"a {spec.act_name.split(' (')[0]}-gated MLP" if spec.gated else "an ungated MLP"
+        raise UnsupportedArchitecture(
+            f"--fused-mlp supports SiLU-gated MLPs ({', '.join(fusable)}); {model_type} has {kind}. "
+            "Drop --fused-mlp: the hooks profile it."
+        )
+    mlps = [module_at(block, spec.mlp) for block in module_at(model, spec.layers)]
+    for i, mlp in enumerate(mlps):
+        act = type(getattr(mlp, spec.act, None)).__name__
+        if act not in SILU_MODULES:
+            raise UnsupportedArchitecture(
+                f"--fused-mlp computes SiLU, but layer {i}'s activation is {act} "
+                "(config.hidden_act); drop --fused-mlp: the hooks profile any activation."
+            )
+    return mlps
 
 
 @contextmanager

@@ -5,7 +5,7 @@ worker processes, `backends/vllm_worker.py`).
 The hook never keeps a reference to the activation (fused or in-place kernels may overwrite it
 later, nnsight #630); it reduces it at once into the accumulator and returns nothing, so the
 model's own computation is untouched. No host sync happens here. One hook point is not a torch
-hook: vLLM's activation-and-multiply op (kind 'act_and_mul', sites.py) runs its own computation,
+hook: vLLM's activation-and-multiply op (kind 'act_and_mul', vllm_sites.py) runs its own computation,
 act(x[..., :d]) * x[..., d:], from the hook, which reduces act(gate) in between: same ops, same
 result (checked bit for bit when the site is chosen), and act(gate) computed once instead of twice.
 """

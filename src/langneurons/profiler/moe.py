@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import sites
+from langneurons.profiler import architectures, moe_layout
 from langneurons.profiler.hooks import HookState
 from langneurons.store.schema import ROUTING_VARS
 
@@ -134,10 +134,10 @@ def _expert_forward(experts: nn.Module, layer: int, state: HookState, macc: MoeA
 def installed(model: nn.Module, model_type: str, state: HookState, macc: MoeAccumulator) -> Iterator[None]:
     """Router hooks (and, with expert neurons, the experts' per-expert loop) for the duration of
     the block; always removed in `finally`."""
-    spec = sites.arch_spec(model_type).moe
+    spec = architectures.arch_spec(model_type).moe
     handles, shadowed = [], []
     try:
-        for layer, block in sites.sparse_blocks(model, model_type):
+        for layer, block in moe_layout.sparse_blocks(model, model_type):
             def hook(_m, _args, output, layer=layer):
                 if state.active:
                     state.check_batch()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from langneurons.profiler import sites
+from langneurons.profiler import sites, tokens
 from langneurons.profiler.devices import resolve_device
 
 
@@ -50,12 +50,16 @@ def zeroed(model, model_type: str, site: str, neurons: dict[int, torch.Tensor]) 
 
 
 @torch.inference_mode()
-def perplexity(model, tokenizer, sentences: Sequence[str], device, batch_size: int = 16) -> float:
-    """exp(mean negative log-likelihood) over every predicted token of the sentences."""
+def perplexity(model, tokenizer, sentences: Sequence[str], device, batch_size: int = 16,
+               bos: int | None = None) -> float:
+    """exp(mean negative log-likelihood) over every predicted token of the sentences; `bos`: the
+    BOS rule's prepended id (`tokens.BosRule.prepend`), so the model runs as it was profiled."""
     nll, count = 0.0, 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     for i in range(0, len(sentences), batch_size):
         enc = [tokenizer(s).input_ids for s in sentences[i:i + batch_size]]
+        if bos is not None:
+            enc = [e if e[:1] == [bos] else [bos] + e for e in enc]
         width = max(len(e) for e in enc)
         ids = torch.full((len(enc), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -81,8 +85,10 @@ def masks_to_indices(masks: xr.DataArray, language) -> dict[int, torch.Tensor]:
 
 
 def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str]], *, site: str = "gate",
-           device: str = "auto", dtype=torch.float32, revision: str | None = None) -> xr.Dataset:
-    """Perplexity of every held-out language with each language's neurons zeroed.
+           device: str = "auto", dtype=torch.float32, revision: str | None = None,
+           add_bos: bool = True) -> xr.Dataset:
+    """Perplexity of every held-out language with each language's neurons zeroed; sequences open
+    as the profile's did (the BOS rule, `add_bos` as the store's config has it).
 
     Returns `ppl[ablated, evaluated]`, `base[evaluated]` and `ratio = ppl / base`.
     """
@@ -92,13 +98,14 @@ def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str
     tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, revision=revision).to(dev).eval()
     mt = model.config.model_type
+    bos = tokens.bos_rule(tok, model.config, add=add_bos).prepend
     langs = [str(x) for x in masks["language"].values]
     evals = list(heldout)
-    base = np.array([perplexity(model, tok, heldout[e], dev) for e in evals])
+    base = np.array([perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals])
     ppl = np.zeros((len(langs), len(evals)))
     for a, lang in enumerate(langs):
         with zeroed(model, mt, site, masks_to_indices(masks, lang)):
-            ppl[a] = [perplexity(model, tok, heldout[e], dev) for e in evals]
+            ppl[a] = [perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals]
     return xr.Dataset({"ppl": (("ablated", "evaluated"), ppl), "base": (("evaluated",), base),
                        "ratio": (("ablated", "evaluated"), ppl / base)},
                       coords={"ablated": langs, "evaluated": evals})
@@ -188,7 +195,8 @@ def ablate_report(results: str, *, heldout: str | None = None, max_sentences: in
         corpus = load_corpus(heldout, languages=langs, max_sentences=max_sentences)
     masks = lape(firing_probability(ds), LapeConfig(**lape_kwargs)).masks
     res = ablate(model_path, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
-                 site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"))
+                 site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"),
+                 add_bos=(ds.attrs.get("config") or {}).get("add_bos", True))
     if out:
         res["ratio"].to_pandas().to_csv(out)
     return diagonal_report(res)

@@ -57,7 +57,7 @@ scheduled, retried or resumed. A shard's chunks are written by one writer only; 
 chunk is written last, so a reader never counts half a shard.
 
 Mixture of experts. The root attribute `moe` is null for dense models; for MoE models it records
-the layout (`sites.MoeLayout`): n_experts, top_k, expert_d_ff, `moe_layers` (layers that route),
+the layout (`profiler.moe_layout.MoeLayout`): n_experts, top_k, expert_d_ff, `moe_layers` (layers that route),
 `dense_layers` (layers whose FFN the neuron variables count: a dense MLP, or a shared expert that
 every token passes), the router's semantics, and `expert_neurons` (whether the expert_* variables
 exist: the HF backend computes them). The neuron variables (`n_fired`, ...) hold the dense FFN
@@ -73,7 +73,8 @@ the largest variable, by the number of experts (128 for Qwen3-30B-A3B: ~300 MB p
 
 Token and value conventions (the spec every backend and kernel follows):
 - a token counts once per language it belongs to; padding never counts; special tokens added by the
-  tokenizer (BOS/EOS) are excluded unless `include_special_tokens` is set;
+  tokenizer (BOS/EOS) are excluded unless `include_special_tokens` is set; so is a BOS langneurons
+  adds where the model expects one and the tokenizer leaves it out (`bos` says which was done);
 - `n_fired` counts activation > threshold (strict), the LAPE convention with threshold 0;
 - histogram bins are right-closed: bin k holds bin_lower[k] < x <= bin_upper[k], so
   "activation > e" for any edge e equals the sum of the bins above it (`scoring.thresholds`);
@@ -90,12 +91,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 5  # 5: whole-file weight fingerprint, `tokenizer_fingerprint`, each shard's row digest;
+SCHEMA_VERSION = 6  # 6: `bos` (the BOS rule applied) and `add_bos` in the identity;
+#                    5: whole-file weight fingerprint, `tokenizer_fingerprint`, each shard's row digest;
 #                    4: `moe` and the MoE variables; 3: narrow partials, `partials_kept`; 2: attribute
 #                    checksum, `state`, every chunk written
 #: Versions this langneurons reads (a version-2 store has wide partials, all of them kept; stores
-#: before version 4 are dense: no `moe` attribute; before 5 no tokenizer fingerprint or row digests).
-READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5)
+#: before version 4 are dense: no `moe` attribute; before 5 no tokenizer fingerprint or row digests;
+#: before 6 no `bos`: the tokenizer's output was fed as is).
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -222,11 +225,12 @@ class ModelInfo:
     model: str              # path or hub id as given
     fingerprint: str        # every byte of config.json and the weights (profiler.checkpoint)
     tokenizer_fingerprint: str  # the tokenizer's files (profiler.checkpoint)
+    bos: str                # what opens every sequence (profiler.tokens.BosRule.record)
     architecture: str       # config.model_type
     n_layers: int
     d_ff: int               # width of the neuron variables: the dense FFN (0: a MoE model without one)
     dtype: str              # torch dtype name the forward pass ran in
-    moe: dict | None = None  # a MoE model's layout as recorded (sites.MoeLayout.record()), else None
+    moe: dict | None = None  # a MoE model's layout as recorded (moe_layout.MoeLayout.record()), else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +255,7 @@ class CorpusFacts:
 #: `identity` from three sources and nothing else: the counting section of the config (every
 #: field of `config.CountingConfig`, which is exactly what changes the numbers), the model the
 #: workers loaded, and the corpus.
-IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "max_length",
+IDENTITY_COUNTING: tuple[str, ...] = ("site", "threshold", "bin_edges", "include_special_tokens", "add_bos", "max_length",
                                       "long_documents", "batch_tokens", "shard_tokens", "min_shards", "shard_size")
 IDENTITY_MODEL: dict[str, str] = {"model_fingerprint": "fingerprint", "tokenizer_fingerprint": "tokenizer_fingerprint",
                                   "architecture": "architecture", "dtype": "dtype"}  # identity key -> ModelInfo field
@@ -275,7 +279,7 @@ def identity(counting: dict, info: ModelInfo, corpus: CorpusFacts) -> dict:
 def model_mismatch(expected: ModelInfo, got: ModelInfo) -> str | None:
     """How the model a worker loaded (`got`) differs from the one the store was made for, or None.
     The path may differ (another node mounts it elsewhere); the facts may not."""
-    keys = ("fingerprint", "tokenizer_fingerprint", "architecture", "n_layers", "d_ff", "dtype", "moe")
+    keys = ("fingerprint", "tokenizer_fingerprint", "bos", "architecture", "n_layers", "d_ff", "dtype", "moe")
     diff = [f"{k}: the store has {getattr(expected, k)!r}, the worker loaded {getattr(got, k)!r}"
             for k in keys if getattr(expected, k) != getattr(got, k)]
     return "; ".join(diff) or None
@@ -305,6 +309,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
         "tokens_per_language": None if corpus.tokens is None else dict(corpus.tokens),
         "max_tokens_per_language": corpus.max_tokens_per_language,
         "include_special_tokens": ident["include_special_tokens"],
+        "bos": info.bos,
         "moe": info.moe,
         "config": config,
         "run_only_config_fields": sorted(run_only),
@@ -317,7 +322,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
 ATTRS: tuple[str, ...] = (
     "langneurons_version", "model", "revision", "model_fingerprint", "tokenizer_fingerprint", "architecture", "site", "threshold",
     "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "rows_per_language",
-    "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens", "moe",
+    "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens", "bos", "moe",
     "config", "run_only_config_fields", "versions",
     "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
     "partials_kept", "created", "completed", "schema_version", "checksum",

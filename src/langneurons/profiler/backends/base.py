@@ -20,10 +20,11 @@ class Backend(Protocol):
 
 
 def describe(model: str, revision: str | None, architecture: str, n_layers: int, d_ff: int,
-             dtype: str, fingerprint: str | None = None, moe=None) -> ModelInfo:
+             dtype: str, *, bos: str, fingerprint: str | None = None, moe=None) -> ModelInfo:
     """The ModelInfo of a model (the driver's view before loading, or a worker's after): the one
-    place it is built. `moe`: a MoE model's sites.MoeLayout."""
+    place it is built. `bos`: the BOS rule's record (tokens.BosRule); `moe`: a MoE model's
+    moe_layout.MoeLayout."""
     return ModelInfo(model=model, fingerprint=fingerprint or weights_fingerprint(model, revision),
-                     tokenizer_fingerprint=tokenizer_fingerprint(model, revision),
+                     tokenizer_fingerprint=tokenizer_fingerprint(model, revision), bos=bos,
                      architecture=architecture, n_layers=n_layers, d_ff=d_ff, dtype=dtype,
                      moe=None if moe is None else moe.record())

@@ -11,7 +11,7 @@ import torch
 from langneurons.config import BackendConfig, ProfileConfig
 from langneurons.kernels.dispatch import get_accumulate, get_fused, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import fused, hooks, moe, sites, tokens
+from langneurons.profiler import architectures, fused, hooks, moe, moe_layout, sites, tokens
 from langneurons.profiler.backends.base import describe
 from langneurons.profiler.devices import dtype_name, placement
 from langneurons.store.stats import Stats
@@ -28,7 +28,7 @@ def load_model(cfg: BackendConfig, device: torch.device, dtype: torch.dtype):
     except OSError as e:
         raise FileNotFoundError(f"cannot load a model config from {cfg.model!r}: {e}. Give a local "
                                 "model directory (with config.json) or a hub id with network access") from e
-    sites.arch_spec(mcfg.model_type)  # unsupported architectures fail before the weights load
+    architectures.arch_spec(mcfg.model_type)  # unsupported architectures fail before the weights load
     tok = AutoTokenizer.from_pretrained(cfg.model, **kw)
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kw)
     model.to(device).eval()
@@ -48,18 +48,19 @@ class HFBackend:
         arch = self.model.config.model_type
         self.arch = arch
         self.sites = sites.site_modules(self.model, arch, counting.site)
-        self.layout = sites.moe_layout(self.model, arch, expert_neurons=True)
+        self.layout = moe_layout.moe_layout(self.model, arch, expert_neurons=True)
         # what this process actually loaded (the parameters' dtype, not what was asked for)
+        self.bos = tokens.bos_rule(self.tokenizer, self.model.config, add=counting.add_bos)
         self.info = describe(b.model, b.revision, arch, sites.num_layers(self.model, arch),
                              sites.ffn_width(self.model, arch), dtype_name(next(self.model.parameters()).dtype),
-                             moe=self.layout)
+                             bos=self.bos.record(), moe=self.layout)
         self.max_length = tokens.resolve_max_length(counting.max_length, tokens.position_limit(self.model.config),
                                                     "hf", quiet=True)
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, counting.bin_edges,
                                      counting.threshold, self.device)
         self.kernel = resolve(b.kernel, self.device)
         # --fused-mlp: the MLPs whose forward the fused kernel stands in for (else hooks)
-        self.mlps = sites.fusable_mlps(self.model, arch) if b.fused_mlp else None
+        self.mlps = fused.fusable_mlps(self.model, arch) if b.fused_mlp else None
         if self.mlps and self.kernel == "triton":  # it may only stand in for the MLP if exact here
             from langneurons.kernels import triton_fused
             for act in {type(m.act_fn): m.act_fn for m in self.mlps}.values():
@@ -77,8 +78,8 @@ class HFBackend:
     @torch.inference_mode()
     def profile(self, sentences: Sequence[str]) -> Stats:
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
-                            max_length=self.max_length,
-                            long_documents=self.counting.long_documents)
+                            max_length=self.max_length, long_documents=self.counting.long_documents,
+                            bos=self.bos.prepend)
         self.acc.zero_()
         installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))

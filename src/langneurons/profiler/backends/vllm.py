@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from langneurons.config import CountingConfig, ProfileConfig
-from langneurons.profiler import sites, tokens
+from langneurons.profiler import architectures, moe_layout, tokens
 from langneurons.profiler.backends import vllm_worker
 from langneurons.profiler.backends.base import describe
 from langneurons.profiler.devices import dtype_name, placement
@@ -146,7 +147,7 @@ class VLLMBackend:
         kw = dict(revision=b.revision, trust_remote_code=b.trust_remote_code)
         mcfg = AutoConfig.from_pretrained(b.model, **kw)
         self.model_type = mcfg.model_type
-        sites.vllm_spec(self.model_type)  # one architecture table for both backends
+        architectures.vllm_spec(self.model_type)  # one architecture table for both backends
         self.tokenizer = AutoTokenizer.from_pretrained(b.model, **kw)
         dtype = dtype_name(placement(b.device, b.dtype)[1])
         # The prompt may use every position but one: vLLM needs a position for the sampled token.
@@ -175,8 +176,11 @@ class VLLMBackend:
         self._kernel, self._act = b.kernel, activation_name(mcfg)
         ranks = self._install(self.counting)
         # what the workers actually loaded, as they report it
+        self._mcfg = mcfg
+        self.bos = tokens.bos_rule(self.tokenizer, mcfg, add=self.counting.add_bos)
         self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
-                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], moe=self._layout(mcfg, ranks[0]["moe"]))
+                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], bos=self.bos.record(),
+                             moe=self._layout(mcfg, ranks[0]["moe"]))
 
     def _install(self, c: CountingConfig) -> list[dict]:
         """(Re)install the hooks in every rank for counting section `c`; returns the ranks' reports."""
@@ -204,6 +208,8 @@ class VLLMBackend:
                              "backend for them")
         self._install(counting)
         self.counting = counting
+        self.bos = tokens.bos_rule(self.tokenizer, self._mcfg, add=counting.add_bos)
+        self.info = dataclasses.replace(self.info, bos=self.bos.record())
 
     def _layout(self, mcfg, routing: dict | None):
         """The MoE layout (routing only: no expert neurons from vLLM), from the transformers model's
@@ -215,7 +221,7 @@ class VLLMBackend:
 
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(mcfg)
-        layout = sites.moe_layout(m, self.model_type, expert_neurons=False)
+        layout = moe_layout.moe_layout(m, self.model_type, expert_neurons=False)
         got = (routing["n_experts"], routing["top_k"], tuple(routing["moe_layers"]))
         if got != (layout.n_experts, layout.top_k, layout.moe_layers):
             raise RuntimeError(f"vLLM built routing layers {got} (experts, top-k, layers), transformers' model "
@@ -235,8 +241,8 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         enc = tokens.encode(self.tokenizer, sentences, include_special_tokens=self.counting.include_special_tokens,
-                            max_length=self.max_length,
-                            long_documents=self.counting.long_documents)
+                            max_length=self.max_length, long_documents=self.counting.long_documents,
+                            bos=self.bos.prepend)
         self._set_pattern(special_pattern(enc.counted))
         self._apply(vllm_worker.start)
         try:

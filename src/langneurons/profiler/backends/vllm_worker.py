@@ -2,7 +2,7 @@
 
 Functions here are pickled by reference, so they must live in an importable module. State lives
 on the model object itself (`model._langneurons`), one per worker (tensor-parallel rank): the same
-`hooks.HookState` the HF backend uses, on the hook points `sites.vllm_site_modules` names (the
+`hooks.HookState` the HF backend uses, on the hook points `vllm_sites.vllm_site_modules` names (the
 one architecture table), installed once and switched on for each `profile` call.
 
 Which tokens count: vLLM packs the scheduled sequences into one flat batch and passes `positions`
@@ -30,7 +30,7 @@ from torch import nn
 
 from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import hooks, moe, sites
+from langneurons.profiler import architectures, hooks, moe, vllm_sites
 from langneurons.profiler.devices import dtype_name
 
 
@@ -66,15 +66,15 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
 
     if getattr(model, "_langneurons", None) is not None:
         uninstall(model)
-    points, d_local = sites.vllm_site_modules(model, model_type, site, ACT2FN[act])
-    n_layers = len(sites._get(model, sites.vllm_spec(model_type).layers))
+    points, d_local = vllm_sites.vllm_site_modules(model, model_type, site, ACT2FN[act])
+    n_layers = len(architectures.module_at(model, architectures.vllm_spec(model_type).layers))
     param = next(model.parameters())
     chosen = resolve(kernel, param.device)
     acc = Accumulator.zeros(1, n_layers, d_local, edges, threshold, param.device)
     engine = _Engine(hooks.HookState(acc, get_accumulate(chosen, param.device), compact=False, site=site),
                      n_sites=len(points))
     engine.state.active = False
-    sparse = sites.vllm_sparse_blocks(model, model_type)
+    sparse = vllm_sites.vllm_sparse_blocks(model, model_type)
     layout = None
     if sparse:
         first = sparse[0][1].experts
