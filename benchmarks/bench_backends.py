@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     corpus = load_corpus(demo_corpus_path(), languages=args.languages.split(","), max_sentences=args.sentences)
     sents = [s for lang in corpus.languages for s in corpus.sentences[lang]]
-    cfg = ProfileConfig.from_flags(model=str(demo_model_path()), batch_tokens=2048, max_length=256,
+    cfg = ProfileConfig.from_flags(model=str(demo_model_path("smollm2")), batch_tokens=2048, max_length=256,
                         vllm_gpu_memory_utilization=0.3)
     backends = {"hf": HFBackend(cfg), "vllm": VLLMBackend(cfg)}
     v = backends["vllm"]

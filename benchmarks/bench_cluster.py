@@ -87,7 +87,7 @@ def machine() -> dict:
 
 
 def base_cfg(out: str, args, workers: int, threads: int) -> ProfileConfig:
-    return ProfileConfig.from_flags(model=str(demo.demo_model_path()), corpus=str(demo.demo_corpus_path()),
+    return ProfileConfig.from_flags(model=str(demo.demo_model_path("smollm2")), corpus=str(demo.demo_corpus_path()),
                          max_sentences=args.sentences, shard_size=args.shard_size, out=out,
                          workers=workers, threads_per_worker=threads, device="cpu", overwrite=True)
 

@@ -35,7 +35,7 @@ count = lambda texts, wheres: [len(t) for t in texts]
 if mode == "tokenizer":
     from transformers import AutoTokenizer
     from langneurons import demo
-    tok = AutoTokenizer.from_pretrained(demo.demo_model_path())
+    tok = AutoTokenizer.from_pretrained(demo.demo_model_path("smollm2"))
     count = lambda texts, wheres: tokens.counted_tokens(tok, texts, include_special_tokens=False, max_length=512,
                                                         long_documents="window")
 base = hwm()

@@ -48,7 +48,7 @@ RESULTS = Path(__file__).parent / "results" / "inside_forward.json"
 
 def setup(sentences: int):
     corpus = load_corpus(demo_corpus_path(), languages=["en", "hi", "zh"], max_sentences=sentences)
-    backend = HFBackend(ProfileConfig.from_flags(model=str(demo_model_path()), batch_tokens=2048))
+    backend = HFBackend(ProfileConfig.from_flags(model=str(demo_model_path("smollm2")), batch_tokens=2048))
     sents = [s for lang in corpus.languages for s in corpus.sentences[lang]]
     backend.profile(sents)  # compile and warm up
     return backend, sents

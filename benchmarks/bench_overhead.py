@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     corpus = load_corpus(demo_corpus_path(), languages=args.languages.split(","), max_sentences=args.sentences)
-    model = str(demo_model_path())
+    model = str(demo_model_path("smollm2"))
     backend = HFBackend(ProfileConfig.from_flags(model=model, batch_tokens=args.batch_tokens))
     assert backend.kernel == "numba", backend.kernel
     ref = HFBackend(ProfileConfig.from_flags(model=model, batch_tokens=args.batch_tokens, kernel="reference"))

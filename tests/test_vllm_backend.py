@@ -195,7 +195,7 @@ def test_demo_model_architecture(tmp_path):
     from langneurons.demo import demo_model_path
 
     try:
-        path = str(demo_model_path())
+        path = str(demo_model_path("smollm2"))
     except FileNotFoundError as e:
         pytest.skip(str(e))
     c = ProfileConfig.from_flags(model=path, batch_tokens=512, max_length=128, vllm_gpu_memory_utilization=0.3)

