@@ -122,7 +122,7 @@ def test_worker_that_loaded_another_dtype_is_refused_in_process(model, corpus, t
 #: Lower layers never import higher ones (data flows corpus -> shards -> workers -> kernels ->
 #: store -> scoring; the schema and the config are what every stage shares).
 LAYERS = {
-    "langneurons.store.schema": 0, "langneurons.store.stats": 0,
+    "langneurons.store.schema": 0, "langneurons.store.stats": 0, "langneurons.options": 0,
     "langneurons.config": 1,
     "langneurons.corpus": 2, "langneurons.shards": 2, "langneurons.demo": 2,
     "langneurons.kernels": 3,

@@ -341,11 +341,12 @@ def test_expert_lape_finds_the_language_specific_expert():
 
 def test_ablate_refuses_a_moe_store_without_dense_neurons(models, corpus, tmp_path):
     from langneurons.scoring.ablation import ablate_report
+    from langneurons.scoring.options import AblateConfig
 
     out = tmp_path / "r.zarr"
     _profile(models, "mixtral", corpus, out)
     with pytest.raises(ValueError, match="this mixtral model has none"):
-        ablate_report(str(out), heldout=corpus)
+        ablate_report(str(out), AblateConfig(heldout=corpus))
 
 
 def test_resume_with_another_moe_layout_is_refused(models, corpus, tmp_path, monkeypatch):

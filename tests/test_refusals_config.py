@@ -90,10 +90,17 @@ def test_path_fields_are_expanded_and_urls_are_not(home, monkeypatch):
      ("results", "heldout", "out", "model")),
 ], ids=["score", "info", "ablate"])
 def test_other_commands_expand_their_paths(argv, dests, home, monkeypatch):
+    from langneurons.options import given, specs_of
+    from langneurons.scoring.options import AblateConfig, ScoreConfig
+
     monkeypatch.setenv("LN_DATA", str(home))
     args = build_parser().parse_args(argv)
+    # the store argument is expanded by the parser, the options when their section is built
+    cls = {"score": ScoreConfig, "ablate": AblateConfig}.get(argv[0])
+    options = cls(**given(args, specs_of(cls))) if cls else None
     for d in dests:
-        assert getattr(args, d).startswith(f"{home}/"), (d, getattr(args, d))
+        v = getattr(args, d) if d == "results" else getattr(options, d)
+        assert v.startswith(f"{home}/"), (d, v)
 
 
 def test_info_and_score_read_a_store_named_with_tilde(store, home, capsys):

@@ -180,6 +180,30 @@ def test_cli_surface_is_pinned():
     flags = {o for a in sub["profile"]._actions for o in a.option_strings}
     for name in ProfileConfig.field_names():
         assert "--" + name.replace("_", "-") in flags
+    # score and ablate: exactly their declared sections (scoring/options.py), LAPE's shared by both
+    from langneurons.options import specs_of
+    from langneurons.scoring.options import AblateConfig, LapeConfig, ScoreConfig
+
+    for command, sections in (("score", (ScoreConfig, LapeConfig)), ("ablate", (AblateConfig, LapeConfig))):
+        got = {o for a in sub[command]._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+        want = {s.option for cls in sections for s in specs_of(cls)}
+        want |= {"--no-" + o[2:] for cls in sections for s in specs_of(cls) if s.base is bool for o in [s.option]}
+        assert got == want, (command, got ^ want)
+
+
+def test_scoring_options_are_checked_from_their_declarations(tmp_path, capsys):
+    """A bad score/ablate value is one line naming the flag, before any store is opened."""
+    from langneurons.cli import main
+
+    missing = str(tmp_path / "none.zarr")  # never opened: the options are refused first
+    for argv, says in ((["score", missing, "--bootstrap", "-1"], "--bootstrap must be >= 0"),
+                       (["score", missing, "--top-rate", "0"], "top_rate must be in (0, 1]"),
+                       (["ablate", missing, "--max-sentences", "0"], "--max-sentences must be >= 1"),
+                       (["ablate", missing, "--filter-rate", "1.5"], "filter_rate must be in (0, 1]"),
+                       (["score", missing, "--out", "$NO_SUCH_VAR_HERE/r"], "--out: path $NO_SUCH_VAR_HERE/r")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, (argv, err)
 
 
 def test_demo_models_are_named_and_a_missing_package_is_said(tmp_path, monkeypatch, capsys):

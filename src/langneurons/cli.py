@@ -12,11 +12,14 @@ what to do), including `info --verify` finding damage; 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
 from langneurons.config import SPECS, ProfileConfig, expand_path
+from langneurons.options import add_args, given, specs_of
+from langneurons.scoring.options import AblateConfig, LapeConfig, ScoreConfig
 from langneurons.store.lock import lock_file_unlisted
 
 
@@ -24,16 +27,7 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     """One flag per config field, from the sections' type hints and field declarations."""
     p.add_argument("--config", help="YAML or JSON file of profile fields (flag names, e.g. threshold: 0.5); "
                                     "flags given here override it")
-    for s in SPECS.values():
-        h = f"{s.doc} (default: {s.default})"
-        if s.base is bool:
-            p.add_argument(s.option, dest=s.flag, action=argparse.BooleanOptionalAction, default=None, help=h)
-        elif s.is_list:
-            p.add_argument(s.option, dest=s.flag, default=None, metavar="A,B,...",
-                           type=lambda v, t=s.base: [t(x) for x in v.split(",") if x.strip()], help=h)
-        else:  # choices are checked by the config, which names the flag and the choices
-            metavar = "{" + ",".join(s.choices) + "}" if s.choices else None
-            p.add_argument(s.option, dest=s.flag, type=s.base, default=None, metavar=metavar, help=h)
+    add_args(p, SPECS.values())
 
 
 def config_from_args(args: argparse.Namespace) -> ProfileConfig:
@@ -69,20 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="LAPE language-specific neurons per layer, tables and plots")
     s.add_argument("results", type=_path, help="results store written by `langneurons profile`")
-    s.add_argument("--plot", action="store_true", help="write PNG/SVG plots into --out")
-    s.add_argument("--out", type=_path, default=None,
-                   help="directory for plots and exports (default: <results>.report, beside the store)")
-    s.add_argument("--top-rate", type=float, default=None, help="LAPE top_rate (default 0.01)")
-    s.add_argument("--filter-rate", type=float, default=None, help="LAPE filter percentile (default 0.95)")
-    s.add_argument("--activation-bar-ratio", type=float, default=None,
-                   help="LAPE activation-bar percentile (default 0.95)")
-    s.add_argument("--threshold", type=float, default=None,
-                   help="read firing probabilities at this histogram edge instead of the profiled threshold")
-    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples over shards for CIs (0: off)")
-    s.add_argument("--export", action="store_true", help="write neuron tables (CSV/parquet) and masks into --out")
-    s.add_argument("--pivot", default=None,
-                   help="mixture-of-experts stores: the language routing divergence is measured from "
-                        "(default: en if profiled, else the first language)")
+    add_args(s, specs_of(ScoreConfig) + specs_of(LapeConfig))
 
     i = sub.add_parser("info", help="describe a results store")
     i.add_argument("results", type=_path)
@@ -92,16 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
     a.add_argument("results", type=_path)
-    a.add_argument("--heldout", type=_path, default=None,
-                   help="corpus of held-out sentences (default: rows 500-599 of the bundled demo corpus)")
-    a.add_argument("--max-sentences", type=int, default=100)
-    a.add_argument("--device", default="auto")
-    a.add_argument("--top-rate", type=float, default=0.01, help="LAPE top_rate for the masks")
-    a.add_argument("--out", type=_path, default=None, help="write the perplexity-ratio matrix as CSV here")
-    a.add_argument("--model", type=_path, default=None,
-                   help="the profiled model's folder, if it moved (default: the path stored in the results)")
-    a.add_argument("--allow-model-mismatch", action="store_true",
-                   help="ablate even if the model's weight fingerprint differs from the profiled one")
+    add_args(a, specs_of(AblateConfig) + specs_of(LapeConfig))
 
     return ap
 
@@ -146,12 +118,12 @@ def cmd_score(args) -> int:
     from langneurons.scoring.report import default_report_dir
     from langneurons.store.reader import open_results
 
+    options = ScoreConfig(**given(args, specs_of(ScoreConfig)))
+    lape = LapeConfig(**given(args, specs_of(LapeConfig)))
     ds = open_results(args.results)
-    out_dir = args.out or default_report_dir(args.results)
-    lape = {k: v for k, v in (("top_rate", args.top_rate), ("filter_rate", args.filter_rate),
-                               ("activation_bar_ratio", args.activation_bar_ratio)) if v is not None}
-    print(score_report(ds, out_dir=out_dir, plot=args.plot, export=args.export, threshold=args.threshold,
-                       bootstrap=args.bootstrap, results_path=args.results, pivot=args.pivot, **lape))
+    if options.out is None:
+        options = dataclasses.replace(options, out=str(default_report_dir(args.results)))
+    print(score_report(ds, options, lape, results_path=args.results))
     return 0
 
 
@@ -214,9 +186,8 @@ def cmd_info(args) -> int:
 def cmd_ablate(args) -> int:
     from langneurons.scoring.ablation import ablate_report
 
-    print(ablate_report(args.results, heldout=args.heldout, max_sentences=args.max_sentences,
-                        device=args.device, out=args.out, model=args.model,
-                        allow_model_mismatch=args.allow_model_mismatch, top_rate=args.top_rate))
+    print(ablate_report(args.results, AblateConfig(**given(args, specs_of(AblateConfig))),
+                        LapeConfig(**given(args, specs_of(LapeConfig)))))
     return 0
 
 

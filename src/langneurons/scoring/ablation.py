@@ -19,6 +19,7 @@ import xarray as xr
 
 from langneurons.profiler import sites, tokens
 from langneurons.profiler.devices import resolve_device
+from langneurons.scoring.options import AblateConfig, LapeConfig
 
 
 @contextmanager
@@ -164,13 +165,13 @@ def check_model(ds_attrs: dict, model: str | None, *, allow_mismatch: bool = Fal
     return path
 
 
-def ablate_report(results: str, *, heldout: str | None = None, max_sentences: int = 100,
-                  device: str = "auto", out: str | None = None, model: str | None = None,
-                  allow_model_mismatch: bool = False, **lape_kwargs) -> str:
+def ablate_report(results: str, options: AblateConfig = AblateConfig(), cfg: LapeConfig = LapeConfig()) -> str:
     """What `langneurons ablate` prints: LAPE masks from the store, perplexity matrix on held-out text."""
     from langneurons.corpus import demo_corpus_path, load_corpus
-    from langneurons.scoring.lape import LapeConfig, firing_probability, lape
+    from langneurons.scoring.lape import firing_probability, lape
     from langneurons.store.reader import open_results
+
+    heldout, max_sentences, device, out = options.heldout, options.max_sentences, options.device, options.out
 
     if out and Path(out).is_symlink():
         raise ValueError(f"--out {out} is a symbolic link; the table would be written wherever it points: "
@@ -187,13 +188,13 @@ def ablate_report(results: str, *, heldout: str | None = None, max_sentences: in
                              "model has none (every layer routes its tokens to experts); ablating experts is not "
                              "supported yet: see `langneurons score` for its language-specific experts")
         ds = ds.isel(layer=list(moe["dense_layers"]))
-    model_path = check_model(ds.attrs, model, allow_mismatch=allow_model_mismatch)
+    model_path = check_model(ds.attrs, options.model, allow_mismatch=options.allow_model_mismatch)
     langs = [str(x) for x in ds["language"].values]
     if heldout is None:  # the bundled corpus holds rows 500-599 out of the demo profile
         corpus = load_corpus(demo_corpus_path(), languages=langs, start=500, max_sentences=max_sentences)
     else:
         corpus = load_corpus(heldout, languages=langs, max_sentences=max_sentences)
-    masks = lape(firing_probability(ds), LapeConfig(**lape_kwargs)).masks
+    masks = lape(firing_probability(ds), cfg).masks
     res = ablate(model_path, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
                  site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"),
                  add_bos=(ds.attrs.get("config") or {}).get("add_bos", True))

@@ -22,21 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LapeConfig:
-    top_rate: float = 0.01
-    """Share of all neurons kept as language-specific (lowest entropy first)."""
-    filter_rate: float = 0.95
-    """Quantile of all activation probabilities a neuron must exceed in some language."""
-    activation_bar_ratio: float = 0.95
-    """Quantile a language's probability must exceed for the neuron to be assigned to it."""
-
-    def __post_init__(self) -> None:
-        for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {v}")
+from langneurons.scoring.options import LapeConfig  # noqa: F401  (declared with the commands' options)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import xarray as xr
 
 from langneurons.scoring.flatness import flatness, flatness_curves
 from langneurons.scoring.lape import LapeConfig, LapeResult, firing_probability, lape
+from langneurons.scoring.options import ScoreConfig
 from langneurons.scoring.overlap import overlap, specificity_curves
 from langneurons.scoring.thresholds import firing_probability_at
 
@@ -68,20 +69,16 @@ def _matrix(da: xr.DataArray, fmt: str) -> str:
     return "\n".join(lines)
 
 
-def score_report(ds: xr.Dataset, *, out_dir: str | Path | None = None, plot: bool = False,
-                 export: bool = False, threshold: float | None = None, bootstrap: int = 0,
-                 results_path: str | None = None, pivot: str | None = None, **lape_kwargs) -> str:
-    """LAPE, flatness and overlap on a results Dataset, as text; with plot/export, files in out_dir.
-    A mixture-of-experts store also gets its routing section (scoring/routing.py), and its neuron
-    section covers the layers whose dense FFN was counted (none: the section says so).
-
-    threshold: read firing probabilities at this histogram edge instead of the profiled threshold.
-    bootstrap: resamples over shard partials (needs results_path) for per-layer 95% intervals.
-    pivot: the language routing divergence is measured from (default: English if profiled).
-    """
+def score_report(ds: xr.Dataset, options: ScoreConfig = ScoreConfig(), cfg: LapeConfig = LapeConfig(), *,
+                 results_path: str | None = None) -> str:
+    """LAPE, flatness and overlap on a results Dataset, as text; with plot/export, files in
+    options.out. A mixture-of-experts store also gets its routing section (scoring/routing.py), and
+    its neuron section covers the layers whose dense FFN was counted (none: the section says so).
+    Bootstrap resamples the shard partials of the store at `results_path`."""
     from langneurons.scoring import routing
 
-    cfg = LapeConfig(**lape_kwargs)
+    out_dir, plot, export, threshold, bootstrap, pivot = (options.out, options.plot, options.export,
+                                                          options.threshold, options.bootstrap, options.pivot)
     moe = ds.attrs.get("moe")
     if pivot is not None and not moe:
         raise ValueError("--pivot applies to mixture-of-experts stores (routing divergence); this store is "
