@@ -37,7 +37,7 @@ def engine_breakdown(backend, sents, repeats: int) -> dict:
     wall time of profile() without it (the drift-free estimate of the end-to-end overhead)."""
     import vllm_timers
 
-    backend._apply(vllm_timers.instrument)
+    backend.apply(vllm_timers.instrument)
     wall = 0.0
     try:
         for _ in range(repeats):
@@ -45,7 +45,7 @@ def engine_breakdown(backend, sents, repeats: int) -> dict:
             backend.profile(sents)
             wall += time.perf_counter() - t0
     finally:
-        t = backend._apply(vllm_timers.read)[0]   # rank 0 (the benchmark runs one rank)
+        t = backend.apply(vllm_timers.read)[0]   # rank 0 (the benchmark runs one rank)
     profiling = t["token_lang"] + t["hooks"]
     outside = t["forward"] - profiling
     parts = {"profiling": profiling, "token_lang": t["token_lang"], "transform": t["transform"],
@@ -54,6 +54,39 @@ def engine_breakdown(backend, sents, repeats: int) -> dict:
     return {"repeats": repeats, "seconds": t, "wall_seconds": wall, "hooked": backend.hooked,
             **{f"{k}_pct": 100 * s / outside for k, s in parts.items()},
             "profiling_pct_of_wall": 100 * profiling / (wall - profiling)}
+
+
+def _gate_read(inside: dict) -> str:
+    """How the vLLM run read the gate site, and what that cost (the hook kinds recorded)."""
+    if "act_and_mul" in inside.get("hooked", ()):
+        return "act(gate) read inside vLLM's activation op (not recomputed)"
+    return f"act(gate) recomputed {inside['transform_pct']:.2f}%"
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    bk = load("backends.json")
+    if bk:
+        out += [f"### HF vs vLLM backend ({bk['setup']['model']}, {bk['setup']['counted_tokens']:,} tokens)", "",
+                "| backend | median s | tokens/s |", "|---|---|---|"]
+        out += [f"| {k} | {r['seconds_median']:.2f} | {r['tokens_per_s']:.0f} |" for k, r in bk["backends"].items()]
+        out += ["", f"n_tokens equal: {bk['n_tokens_equal']}; n_fired agreement {bk['n_fired_agreement']:.4f} "
+                f"(max |diff| {bk['n_fired_max_abs_diff']}; float-order differences between the engines).", ""]
+        if bk.get("vllm_overhead_vs_plain"):
+            ov = bk["vllm_overhead_vs_plain"]
+            out += [f"vLLM profiling overhead vs the same engine without hooks (median of rounds): "
+                    f"{ov['pct_median']:+.1f}% (range {ov['pct_min']:+.1f}..{ov['pct_max']:+.1f}%), kernel {ov['kernel']}.", ""]
+        if bk.get("vllm_inside_engine"):
+            ie = bk["vllm_inside_engine"]
+            out += ["Inside vLLM's forward passes (clocks in the worker, same passes): the profiling code takes "
+                    f"{ie['profiling_pct']:.2f}% of the forward time outside it (token languages from positions "
+                    f"{ie['token_lang_pct']:.2f}%, {_gate_read(ie)}, kernel "
+                    f"{ie['kernel_pct']:.2f}%, fold {ie['fold_pct']:.2f}%, rest of the hooks {ie['rest_of_hook_pct']:.2f}%), "
+                    f"{ie['profiling_pct_of_wall']:.2f}% of profile()'s wall time without it.", ""]
+    return out
 
 
 def main(argv=None) -> int:
@@ -86,20 +119,15 @@ def main(argv=None) -> int:
     from vllm.inputs import TokensPrompt
 
     from langneurons.profiler import tokens
-    from langneurons.profiler.backends import vllm_worker
 
     def vllm_plain():
-        v._apply(vllm_worker.uninstall)
-        try:
+        with v.hooks_removed():
             t0 = time.perf_counter()  # tokenizing is timed too: vLLM would tokenize plain text itself
             enc = tokens.encode(v.tokenizer, sents, include_special_tokens=False, max_length=v.max_length,
                                 bos=v.bos.prepend)
             prompts = [TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids]
             v.llm.generate(prompts, v.sampling, use_tqdm=False)
             return time.perf_counter() - t0
-        finally:
-            v._apply(v.install)
-            v._pattern = None
 
     times = {k: [] for k in (*backends, "vllm_plain")}
     stats = {}

@@ -46,7 +46,8 @@ import zarr  # noqa: E402
 from langneurons import demo  # noqa: E402
 from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.shards import plan_shards  # noqa: E402
-from langneurons.run import corpus_facts, model_info, open_store, profile, read_corpus  # noqa: E402
+from langneurons.profiler.plan import model_plan  # noqa: E402
+from langneurons.run import corpus_facts, open_store, profile, read_corpus  # noqa: E402
 from langneurons.store.location import resolve  # noqa: E402
 from langneurons.store.lock import StoreLock  # noqa: E402
 from langneurons.store.schema import ALL_VARS  # noqa: E402
@@ -108,20 +109,20 @@ def worker_start(args, tmp: Path, repeats: int) -> dict[str, list[float]]:
     out = str(tmp / "start.zarr")
     cfg = base_cfg(out, args, 1, 1)
     corpus = read_corpus(cfg)
-    info, max_length, _ = model_info(cfg, in_process=True)
-    cfg = cfg.replace(max_length=max_length)
+    plan = model_plan(cfg, in_process=True)
+    cfg = cfg.replace(max_length=plan.max_length)
     loc = resolve(out)
     with StoreLock(loc) as lock:  # a store for the workers to open
-        open_store(cfg, loc, lock, info, corpus_facts(cfg, corpus), plan_shards(corpus, cfg.counting.shard_size))
+        open_store(cfg, loc, lock, plan, corpus_facts(cfg, corpus), plan_shards(corpus, cfg.counting.shard_size))
     res: dict[str, list[float]] = {"inproc": [], "ray_actor": []}
     actor_cls = ray.remote(WorkerActor).options(num_cpus=1)
     for _ in range(repeats):
         t0 = time.perf_counter()
-        w = Worker(cfg, out)
+        w = Worker(cfg, out, plan)
         res["inproc"].append(time.perf_counter() - t0)
         w.close()
         t0 = time.perf_counter()
-        a = actor_cls.remote(cfg, out)
+        a = actor_cls.remote(cfg, out, plan)
         ray.get(a.ready.remote())
         res["ray_actor"].append(time.perf_counter() - t0)
         ray.kill(a)
@@ -133,6 +134,32 @@ def summarize(xs: list[float]) -> dict:
     return {"median": round(med, 3), "min": round(min(xs), 3), "max": round(max(xs), 3),
             "spread_pct": round(100 * (max(xs) - min(xs)) / med, 1) if med else None,
             "runs": [round(x, 3) for x in xs]}
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    c = load("cluster.json")
+    if c:
+        out += ["### Ray overhead and scaling (demo model, CPU)", "",
+                "| config | workers x threads | median s | min-max s | tokens/s |", "|---|---|---|---|---|"]
+        for k, r in c["configs"].items():
+            sec = r["seconds"]
+            tps = r["tokens"] / sec["median"]
+            out.append(f"| {k} | {r['workers']} x {r['threads_per_worker']} | {sec['median']:.1f} | "
+                       f"{sec['min']:.1f}-{sec['max']:.1f} | {tps:.0f} |")
+        d = c.get("derived", {})
+        if d:
+            out += ["", f"Ray overhead (1 Ray worker vs in-process, same threads): {d['ray_overhead_pct']:+.1f}% "
+                    f"end to end, {d['ray_overhead_without_worker_start_pct']:+.1f}% without the worker's start "
+                    f"({d['worker_start_s']['ray_actor']['median']:.1f} s vs "
+                    f"{d['worker_start_s']['inproc']['median']:.1f} s in-process, paid once per worker); "
+                    f"Ray start {d['ray_init_s']:.1f} s once per run. 2 workers x 1 thread: "
+                    f"x{d['speedup_2w_1t_vs_1w_1t']:.2f} vs 1 x 1, x{d['speedup_2w_1t_vs_1w_2t']:.2f} vs 1 x 2."]
+        out.append("")
+    return out
 
 
 def main() -> int:
@@ -170,7 +197,7 @@ def main() -> int:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    n_shards = len(plan_shards(read_corpus(base_cfg("", args, 0, 1)), args.shard_size))
+    n_shards = len(plan_shards(read_corpus(base_cfg(str(tmp / "unused.zarr"), args, 0, 1)), args.shard_size))  # no store: the corpus only
     configs = {}
     for name, rs in runs.items():
         secs = [x["seconds"] for x in rs]

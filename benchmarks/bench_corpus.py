@@ -80,6 +80,25 @@ def generate(d: Path, kind: str, rows: int) -> int:
     return sum(p.stat().st_size for p in d.iterdir())
 
 
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    cp = load("corpus.json")
+    if cp:
+        out += [f"### Streamed corpora ({cp['rows']:,} rows per layout, one language; {cp['machine']['cpu']})", "",
+                "| layout | count with | open rows/s | count rows/s | read by shards rows/s | peak memory growth |",
+                "|---|---|---|---|---|---|"]
+        for k, r in cp["results"].items():
+            kind, mode = k.split("/")
+            out.append(f"| {kind} | {'SmolLM2 tokenizer' if mode == 'tokenizer' else 'characters'} | "
+                       f"{r['open_rows_per_s']:,.0f} | {r['count_rows_per_s']:,.0f} | "
+                       f"{r['read_shards_rows_per_s']:,.0f} | {r['peak_growth_mb']:.1f} MB |")
+        out.append("")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=500_000)

@@ -162,7 +162,7 @@ def cpp_accumulate(workdir: Path):
         return None, f"g++ failed: {proc.stderr[-300:]}"
     so = ctypes.CDLL(str(lib))
     so.reduce_segments.restype = so.set_threads.restype = None
-    _, plan, _, fold_into = cpu_stats._kernel()
+    _, plan, _, fold_into = cpu_stats.kernel_parts()
 
     def ptr(a):
         return a.ctypes.data_as(ctypes.c_void_p)
@@ -174,7 +174,7 @@ def cpp_accumulate(workdir: Path):
         e = acc.edges.numpy()
         S, Fn, E = seg_lang.size, a.shape[1], e.shape[0]
         assert E <= 64
-        slots = cpu_stats._slots(S, E, Fn)
+        slots = cpu_stats.segment_slots(S, E, Fn)
         so.reduce_segments(ptr(a), ctypes.c_int64(Fn), ptr(rows), ptr(lo), ptr(hi), ctypes.c_int64(S),
                            ctypes.c_float(acc.threshold), ptr(e), ctypes.c_int64(E), *(ptr(s) for s in slots))
         fold_into(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in STATS))
@@ -215,6 +215,34 @@ def numba_first_calls(repo: Path) -> dict:
             env = {"NUMBA_CACHE_DIR": cache, "PATH": "/usr/bin:/bin"}
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo)
             out[name] = float(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    return out
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    ck = load("cpu_kernel.json")
+    if ck:
+        b = ck["block"]
+        out += [f"### CPU reduction kernel candidates (one block: {b['tokens']} tokens x {b['d_ff']} neurons, "
+                f"{b['dtype']}, {b['languages']} languages, {b['edges']} edges; {ck['rounds']} interleaved rounds)", "",
+                "| candidate | 1 thread ms | 2 threads ms | GB/s (2 threads) | first call s |", "|---|---|---|---|---|"]
+        first = ck["first_call"]
+        for k, r in ck["candidates"].items():
+            fc = first.get("numba_cold_cache_s") if k == "numba" else first.get(f"{k}_first_call_s")
+            if k == "cpp" and "cpp_build_s" in first:
+                fc = first["cpp_build_s"] + first.get("cpp_first_call_s", 0)
+            out.append(f"| {k} | {r['1t']['ms_median']:.2f} | {r['2t']['ms_median']:.2f} | "
+                       f"{r['2t']['gb_per_s']:.1f} | {'' if fc is None else f'{fc:.1f}'} |")
+        for k, why in ck.get("not_run", {}).items():
+            out.append(f"| {k} | not run: {why} | | | |")
+        out += ["", "First call: numba's compile with a cold on-disk cache "
+                f"({first.get('numba_cold_cache_s', float('nan')):.1f} s; "
+                f"{first.get('numba_warm_cache_s', float('nan')):.1f} s warm), Inductor's compile with an empty cache, "
+                "g++ plus the first run. Inside a forward pass the kernels share the cores with torch's "
+                "OpenMP threads, which keep spinning for a while after each matmul. Every candidate was checked against the reference on the block first (integers equal).", ""]
     return out
 
 

@@ -24,6 +24,25 @@ RESULTS = Path(__file__).parent / "results"
 ISSUE_RATE = 132 * 4 * 32 * 1.7e9  # H100 SXM: SMs x schedulers x lanes x clock (thread-instructions/s)
 
 
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    code = load("kernel_code_sm90.json")
+    if code:
+        out += ["### Kernel machine code for sm_90 (static: read from the compiled SASS, no GPU)", "",
+                "| kernel | dtype | instructions / value | registers | shared-memory ops in loop | "
+                "barriers in loop | local-memory ops | issue-bound GB/s (H100 estimate) |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['kernel']} | {r['dtype']} | {r['instructions_per_value']:.1f} | {r['registers']} | "
+                f"{r['shared_memory_ops']} | {r['barriers']} | {r['local_memory_ops']} | "
+                f"{r['issue_bound_GBps']} |" for r in code["rows"]]
+        out += ["", "An estimate of the compute ceiling (see `bench_kernel_code.py`), not a measurement: "
+                "a kernel runs at the lower of this and the memory bandwidth.", ""]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=RESULTS / "kernel_code_sm90.json")

@@ -106,6 +106,34 @@ def measure(dev: torch.device, shapes, repeats: int, warmup: int, dtype: torch.d
     return rows
 
 
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    import glob
+    import json
+    from common import RESULTS_DIR
+
+    out: list[str] = []
+    kernels = sorted(glob.glob(str(RESULTS_DIR / "kernels_*.json")))
+    if kernels:
+        for path in kernels:
+            k = json.loads(Path(path).read_text())
+            out += [f"### Kernels on {k['device']} (bf16; GB/s and share of the copy bandwidth)", "",
+                    "| tokens | d_ff | copy GB/s | stats | stats, no histogram | fused SiLU-gate | "
+                    "MLP act step: fused / unfused |", "|---|---|---|---|---|---|---|"]
+            out += [f"| {r['tokens']} | {r['d_ff']} | {r['copy_GBps']:.0f} | {r['stats_GBps']:.0f} "
+                    f"({100 * r['stats_vs_copy']:.0f}%) | {r['stats_no_hist_GBps']:.0f} "
+                    f"({100 * r['stats_no_hist_vs_copy']:.0f}%) | {r['fused_GBps']:.0f} "
+                    f"({100 * r['fused_vs_copy']:.0f}%) | {100 * r['fused_overhead_vs_mlp']:+.0f}% / "
+                    f"{100 * r['unfused_overhead_vs_mlp']:+.0f}% |" for r in k["rows"]]
+            out += ["", f"Targets (share of copy, every shape): {k['targets']}; met: "
+                    f"{k['targets_met_on_every_shape']}."]
+            out.append("")
+    else:
+        out += ["### Kernels", "", "Not measured: no GPU was available to the session that ran this "
+                "(`python benchmarks/bench_kernels.py` on a CUDA machine writes `results/kernels_<gpu>.json`).", ""]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="two tiny shapes on any device; writes only with --out")

@@ -56,7 +56,7 @@ from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.corpus import demo_corpus_path, load_corpus  # noqa: E402
 from langneurons.demo import demo_model_path  # noqa: E402
 from langneurons.kernels import cpu_stats  # noqa: E402
-from langneurons.profiler import hooks, tokens  # noqa: E402
+from langneurons.profiler import hooks, loader, tokens  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
@@ -65,9 +65,9 @@ RESULTS = Path(__file__).parent / "results" / "overhead.json"
 def batches(backend: HFBackend, sentences):
     enc = tokens.encode(backend.tokenizer, sentences, include_special_tokens=False, max_length=512,
                         bos=backend.bos.prepend)
-    out = []
-    for b in tokens.batches_by_budget([len(s) for s in enc.input_ids], backend.counting.batch_tokens):
-        out.append(backend._pad([enc.input_ids[i] for i in b], [enc.counted[i] for i in b]))
+    marks = [[0 if c else -1 for c in counted] for counted in enc.counted]  # what the backend counts
+    out = [(b.ids, b.attention, b.marks) for b in loader.padded_batches(
+        enc.input_ids, backend.counting.batch_tokens, backend.pad_id, backend.device, marks)]
     return out, enc.n_counted
 
 
@@ -140,7 +140,7 @@ def with_state(backend: HFBackend, state: hooks.HookState, sentences):
 
 
 def kernel_only(acc, layer, x, token_lang):
-    cpu_stats._segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
+    cpu_stats.segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
 
 
 def gather_only(acc, layer, x, token_lang):
@@ -187,6 +187,38 @@ def instrumented_lape(backend: HFBackend, prepared, repeats: int) -> dict:
     outside = t["total"] - t["hooks"]
     pct = 100 * t["hooks"] / outside
     return {"overhead_pct": pct, "kernel_pct": pct, "fold_pct": 0.0, "rest_of_hook_pct": 0.0, "seconds": t}
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    o = load("overhead.json")
+    if o:
+        s = o["setup"]
+        out += [f"### Profiling overhead ({s['model']}; {s['counted_tokens']:,} tokens, "
+                f"{s['repeats']} interleaved rounds, kernel {s.get('kernel', '?')}, "
+                f"{s.get('torch_threads', '?')} torch threads; {o['machine']['cpu']}, {o['machine']['cores']} cores)", "",
+                "| variant | median s | min-max s | tokens/s | overhead vs plain (median of rounds) | range |",
+                "|---|---|---|---|---|---|"]
+        for k, r in o["variants"].items():
+            rng = (f"{r['overhead_pct_min']:+.1f}..{r['overhead_pct_max']:+.1f}%" if "overhead_pct_min" in r else "")
+            out.append(f"| {k} | {r['seconds_median']:.2f} | {r['seconds_min']:.2f}-{r['seconds_max']:.2f} | "
+                       f"{r['tokens_per_s']:.0f} | {r['overhead_pct']:+.1f}% | {rng} |")
+        if o.get("breakdown"):
+            out += ["", "langneurons' cost by component (% of plain): " + ", ".join(
+                f"{k.replace('_', ' ')} {v['pct_of_plain']:+.1f}%" for k, v in o["breakdown"].items())]
+        for k, v in o.get("inside_the_forward", {}).items():
+            out += ["", f"Inside the same forward passes, {k}: time in the hooks {v['overhead_pct']:.2f}% of the "
+                    f"time outside them (kernel {v['kernel_pct']:.2f}%, fold into the accumulators "
+                    f"{v['fold_pct']:.2f}%, rest of the hook {v['rest_of_hook_pct']:.2f}%)."]
+        out += ["", "| target | measured | met |", "|---|---|---|"]
+        for k, t in o["targets"].items():
+            v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            out.append(f"| {k} | {v} | {'yes' if t['met'] else '**no**'} |")
+        out.append("")
+    return out
 
 
 def main(argv=None) -> int:

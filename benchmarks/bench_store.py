@@ -251,6 +251,46 @@ def bootstrap_units(demo: str, *, factors=(1, 2, 4, 8), resamples: int = 200, no
     return out
 
 
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    s = load("store.json")
+    if s and "simulation" in s:
+        sim, b = s["simulation"], s["bootstrap_units"]
+        out += [f"### Store at scale ({sim['layers']} layers x {sim['d_ff']} neurons, shards of "
+                f"{sim['shard_tokens']:,} tokens synthesised from the demo's real statistics, "
+                f"{sim['shards_written']} written through the real writer)", "",
+                f"Per shard: {sim['raw_MB_per_shard']:.1f} MB raw (int32/float32), "
+                f"{sum(sim['disk_MB_per_shard'].values()):.1f} MB on disk "
+                f"({sim['disk_MB_per_shard']['act_hist']:.1f} MB of it the histogram); written at "
+                f"{sim['write_MBps_raw']:.0f} MB/s ({sim['write_shards_per_s']:.1f} shards/s) by one writer; "
+                f"finalize {sim['finalize_s_per_shard']:.3f} s per shard + {sim['finalize_s_per_language']:.2f} s "
+                "per language, on one thread.", "",
+                "| run | shards | store, --keep-partials counts | all | commits (8 GPUs) | write vs 8 GPUs' output | "
+                "commit share of GPU time | finalize (1 thread) |",
+                "|---|---|---|---|---|---|---|---|"]
+        for k, e in s["scenarios"].items():
+            out.append(f"| {k} tokens | {e['shards']:,} | {e['store_GB']['counts']:.1f} GB | {e['store_GB']['all']:.1f} GB | "
+                       f"one per {1 / e['production']['shards_per_s']:.1f} s | "
+                       f"{e['write_vs_production']:.0f}x | {100 * e['commit_share_of_gpu_time']:.2f}% | "
+                       f"{e['finalize_s_one_thread']:.0f} s |")
+        out += ["", f"8 GPUs at {s['setup']['gpu_tokens_per_s']:,.0f} tokens/s each on the 8B model "
+                "(the 70B shape at 8/70 of that). Bootstrap units on the demo "
+                f"({', '.join(b['languages'])}; {b['resamples']} resamples): per-layer 95% intervals of the LAPE counts "
+                f"from {b['units_per_language']['1']} units per language vs the same shards merged into "
+                + ", ".join(f"{b['units_per_language'][k]} ({v['mean_bound_shift']:.2f})" for k, v in b["by_factor"].items())
+                + f": mean shift of the bounds, against {b['bootstrap_noise_max_bound_shift']:.2f} from re-running "
+                f"the bootstrap with another seed (mean width {b['fine']['mean_interval_width']:.1f} neurons, "
+                f"{b['cells']} layer x language cells where LAPE selects anything).", ""]
+        out += ["| target | measured | met |", "|---|---|---|"]
+        out += [f"| {k}: {t['target']} | {t['measured']:.2f} | {'yes' if t['met'] else 'no'} |"
+                for k, t in s["targets"].items()]
+        out.append("")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=24, help="8B-shape shards written through the real writer")

@@ -1,12 +1,22 @@
-"""Shared by the benchmarks: what machine and versions a result was measured with, and the clock
-around the hooks' reduction."""
+"""Shared by the benchmarks: where results live, what machine and versions a result was measured
+with, and the clock around the hooks' reduction."""
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata as md
+import json
 import os
 import platform
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def load(name: str) -> dict | None:
+    """A results file under benchmarks/results/, or None when it was not written."""
+    p = RESULTS_DIR / name
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def machine_info() -> dict:
@@ -43,7 +53,7 @@ def clocked_accumulate(real_accumulate, t: dict):
             real_accumulate(acc, layer, x, token_lang)
             t["kernel"] += time.perf_counter() - t0
             return
-        seg_lang, slots, fold = cpu_stats._segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
+        seg_lang, slots, fold = cpu_stats.segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
         t1 = time.perf_counter()
         fold(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))
         t["kernel"] += t1 - t0

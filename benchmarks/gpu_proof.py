@@ -146,7 +146,8 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
     from fixtures import make_tokenizer
 
     from langneurons.config import ProfileConfig
-    from langneurons.profiler.backends import hf
+    from langneurons.profiler.backends.hf import HFBackend
+    from langneurons.profiler.plan import plan_in_memory
 
     arch, fields = MODELS[name]
     fields = dict(fields, **(SMOKE_MODEL if smoke else {}))
@@ -157,15 +158,15 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
     with torch.device(dev):
         model = tf.AutoModelForCausalLM.from_config(mcfg, dtype=dtype).eval()
     tok = make_tokenizer()
-    real_load = hf.load_model
-    hf.load_model = lambda cfg, device, dt: (tok, model)   # the random model in memory, not a folder
     try:
         sents = sentences(3 if smoke else 96, 16 if smoke else 240)   # ~75k tokens on the GPU
         base = dict(model=f"random-{name}", device=str(dev), dtype="float32" if smoke else "bfloat16",
                     batch_tokens=512 if smoke else 16384, max_length=512)
         variants = {"reference": dict(kernel="reference"), "triton": dict(kernel="triton"),
                     "fused": dict(kernel="reference" if smoke else "triton", fused_mlp=True)}
-        backends = {k: hf.HFBackend(ProfileConfig.from_flags(**base, **v)) for k, v in variants.items()}
+        cfgs = {k: ProfileConfig.from_flags(**base, **v) for k, v in variants.items()}
+        # the random model in memory, not a folder
+        backends = {k: HFBackend(c, plan_in_memory(c, model, tok), model=model, tokenizer=tok) for k, c in cfgs.items()}
         ref = backends["reference"]
         prepared, n = bench_overhead.batches(ref, sents)   # the same padded batches every variant runs
 
@@ -201,7 +202,6 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
             raise AssertionError(f"{name}: the Triton kernel's counts differ from the reference's")
         return out
     finally:
-        hf.load_model = real_load
         model = backends = None  # noqa: F841  (the weights go before the next shape is built)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -252,6 +252,20 @@ def targets(parts: dict) -> dict:
     return {"stats_no_hist_vs_copy": row(">= 0.80 (bf16, every shape)", n, n is not None and n >= 0.80),
             "stats_vs_copy": row(">= 0.65 (bf16, every shape)", s, s is not None and s >= 0.65),
             "e2e_triton_overhead_8b": row("<= 2% (Llama-3-8B shape)", o, o is not None and o <= 0.02)}
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import RESULTS_DIR, load
+
+    out: list[str] = []
+    gp = load("gpu_proof.json")
+    if gp and not gp.get("smoke") and (RESULTS_DIR / "gpu_proof.md").is_file():
+        out += [(RESULTS_DIR / "gpu_proof.md").read_text().rstrip(), ""]
+    elif not gp:
+        out += ["### GPU proof", "", "Not run yet: no GPU was lent to a session since `benchmarks/gpu_proof.py` "
+                "was written (see above for the command).", ""]
+    return out
 
 
 def main(argv=None) -> int:

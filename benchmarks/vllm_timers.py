@@ -23,12 +23,13 @@ import time
 
 from common import clocked_accumulate
 
+from langneurons.profiler.backends import vllm_worker
+
 KEYS = ("forward", "token_lang", "hooks", "kernel", "fold")
 
 
 def instrument(model) -> None:
-    engine = model._langneurons
-    state = engine.state
+    state = vllm_worker.hook_state(model)
     t = dict.fromkeys(KEYS, 0.0)
     marks: dict[str, float] = {}
     handles = []
@@ -79,17 +80,17 @@ def instrument(model) -> None:
             t["hooks"] += dt
 
     state.reduce, state.accumulate = reduce, clocked_accumulate(real_accumulate, t)
-    model._langneurons_timers = (t, reduce_time, handles, real_accumulate)
+    model.bench_timers = (t, reduce_time, handles, real_accumulate)
 
 
 def read(model) -> dict:
     """The clocks' seconds since `instrument` (transform = torch hooks - their reductions), and
     remove them."""
-    t, reduce_time, handles, real_accumulate = model._langneurons_timers
+    t, reduce_time, handles, real_accumulate = model.bench_timers
     for h in handles:
         h.remove()
-    state = model._langneurons.state
+    state = vllm_worker.hook_state(model)
     del state.reduce
     state.accumulate = real_accumulate
-    del model._langneurons_timers
+    del model.bench_timers
     return {**t, "transform": reduce_time["torch hooks"] - reduce_time["in torch hooks"]}

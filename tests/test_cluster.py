@@ -160,24 +160,30 @@ def test_worker_that_cannot_start_stops_the_run_at_once(model, corpus, local_ray
         profile(cfg(model, corpus, tmp_path / "r.zarr", workers=2), progress=False)
 
 
-def test_worker_that_loaded_another_dtype_is_refused(model, corpus, local_ray, tmp_path, monkeypatch):
+def test_workers_run_the_plan_and_one_that_loaded_another_model_is_refused(model, corpus, local_ray, tmp_path,
+                                                                           monkeypatch):
     """The provenance bug: the driver resolved one dtype (as for a CPU head with GPU workers) and
-    the workers computed in another. Each worker reports what it loaded; the driver refuses it
-    before any shard is profiled, so the store never states a dtype its counts were not made in."""
+    the workers computed in another. The workers now load the driver's plan, so they compute in
+    the dtype the store records, whatever their own "auto" would say. A worker that loaded other
+    weights than the plan's (a node holding other files) is refused before any shard is profiled,
+    so the store never states a model its counts were not made with."""
     import dataclasses
+
+    import zarr
 
     from langneurons import run
 
-    real = run.model_info
+    real = run.model_plan
+    monkeypatch.setattr(run, "model_plan", lambda *a, **kw: dataclasses.replace(real(*a, **kw), dtype="bfloat16"))
+    profile(cfg(model, corpus, tmp_path / "bf16.zarr", workers=2), progress=False)
+    attrs = zarr.open_group(str(tmp_path / "bf16.zarr"), mode="r").attrs
+    assert attrs["dtype"] == attrs["plan"]["dtype"] == "bfloat16" and attrs["complete"]
 
-    def driver_thinks_bf16(*a, **kw):
-        info, *rest = real(*a, **kw)
-        return dataclasses.replace(info, dtype="bfloat16"), *rest
-
-    monkeypatch.setattr(run, "model_info", driver_thinks_bf16)
+    monkeypatch.setattr(run, "model_plan",
+                        lambda *a, **kw: dataclasses.replace(real(*a, **kw), fingerprint="sha256:other"))
     out = tmp_path / "r.zarr"
     with pytest.raises(RuntimeError, match=r"Ray worker w\d .*loaded another model than the store records "
-                                           r"\(dtype: the store has 'bfloat16', the worker loaded 'float32'\)"):
+                                           r"\(fingerprint: the store has 'sha256:other', the worker loaded 'sha256:"):
         profile(cfg(model, corpus, out, workers=2), progress=False)
     assert not committed(out).any()
 

@@ -14,6 +14,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from langneurons.config import RUN_ONLY_FIELDS, SPECS, CountingConfig, ProfileConfig
@@ -34,6 +35,29 @@ def test_identity_is_counting_section_plus_model_and_corpus():
     assert ident["dtype"] == "float32" and ident["languages"] == ["en", "fr"]
     with pytest.raises(ValueError, match="counting config"):
         schema.identity({"site": "gate"}, info, corpus)
+
+
+def test_every_holder_of_the_statistics_follows_their_declaration():
+    """The statistics are declared once (store/variables.py): the in-memory Stats and the device
+    accumulators hold exactly the declared variables, in the declared order, and a zero Stats has
+    each variable's declared dims and total dtype (what the store's arrays and the kernels' output
+    order are built from)."""
+    from langneurons.kernels.reference import Accumulator
+    from langneurons.store.stats import Stats
+    from langneurons.store.variables import VARIABLES, names
+
+    fields = [f.name for f in dataclasses.fields(Stats)]
+    assert fields == [*names("tokens", "neuron"), "moe"]
+    assert [f.name for f in dataclasses.fields(Accumulator)][:len(schema.ALL_VARS)] == list(schema.ALL_VARS)
+    moe = {"n_experts": 3, "expert_d_ff": 5, "expert_neurons": True}
+    z = Stats.zeros(n_layers=2, d_ff=7, n_bins=4, moe=moe)
+    size = {"layer": 2, "neuron": 7, "bin": 4, "expert": 3, "expert_neuron": 5}
+    for v in VARIABLES:
+        if v.name == "n_tokens":
+            continue
+        a = getattr(z, v.name) if v.group == "neuron" else z.moe[v.name]
+        assert a.shape == tuple(size[d] for d in v.dims) and a.dtype == np.dtype(v.total), v.name
+    assert set(z.moe) == set(names("routing", "expert"))
 
 
 def test_model_mismatch_names_every_differing_fact():
@@ -102,8 +126,8 @@ def test_worker_that_loaded_another_dtype_is_refused_in_process(model, corpus, t
 
     real = worker_mod.make_backend
 
-    def reports_bf16(cfg):  # a worker whose device made "auto" mean bfloat16
-        b = real(cfg)
+    def reports_bf16(cfg, plan=None):  # a worker whose device made "auto" mean bfloat16
+        b = real(cfg, plan)
         b.info = dataclasses.replace(b.info, dtype="bfloat16")
         return b
 
@@ -122,7 +146,8 @@ def test_worker_that_loaded_another_dtype_is_refused_in_process(model, corpus, t
 #: Lower layers never import higher ones (data flows corpus -> shards -> workers -> kernels ->
 #: store -> scoring; the schema and the config are what every stage shares).
 LAYERS = {
-    "langneurons.store.schema": 0, "langneurons.store.stats": 0, "langneurons.options": 0,
+    "langneurons.store.variables": 0, "langneurons.store.schema": 0, "langneurons.store.stats": 0,
+    "langneurons.options": 0,
     "langneurons.config": 1,
     "langneurons.corpus": 2, "langneurons.shards": 2, "langneurons.demo": 2,
     "langneurons.kernels": 3,

@@ -100,6 +100,7 @@ def test_kernel_benchmark_runs_and_renders(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
     import bench_kernels
+    import common
     import run_all
 
     out = tmp_path / "kernels_smoke.json"
@@ -108,6 +109,6 @@ def test_kernel_benchmark_runs_and_renders(tmp_path, monkeypatch):
     assert [(r["tokens"], r["d_ff"]) for r in rows] == bench_kernels.SMOKE_SHAPES
     for r in rows:
         assert all(r[k] > 0 for k in ("copy_GBps", "stats_GBps", "stats_no_hist_GBps", "fused_GBps")), r
-    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
     assert "| 64 | 96 |" in run_all.table()
     assert "bench_kernels" in sys.modules

@@ -152,11 +152,11 @@ def test_padding_and_special_tokens_are_never_routed(models):
 
 
 def test_fused_mlp_refused_for_moe_with_a_clear_message(models):
-    from langneurons.run import model_info
+    from langneurons.profiler.plan import model_plan
 
     cfg = ProfileConfig.from_flags(model=str(models["olmoe"]), fused_mlp=True)
     with pytest.raises(UnsupportedArchitecture, match="not the experts of olmoe"):
-        model_info(cfg, in_process=True)
+        model_plan(cfg, in_process=True)
 
 
 # --- the store --------------------------------------------------------------------------------

@@ -154,16 +154,15 @@ def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_
             return [[{t: lp.logprob for t, lp in d.items()} for d in o.prompt_logprobs[1:] + o.outputs[0].logprobs]
                     for o in out]
 
-        backend._apply(vllm_worker.start)
+        backend.apply(vllm_worker.start)
         try:
             profiled = logprobs()
         finally:
-            counted = backend._apply(vllm_worker.stop)[0]
-        assert counted["n_tokens"] == sum(len(p["prompt_token_ids"]) for p in prompts)
-        backend._apply(vllm_worker.uninstall)
-        assert logprobs() == profiled
-        backend._apply(backend.install)
-        assert backend._apply(bypass_first_act_and_mul) == [2]
+            counted = backend.apply(vllm_worker.stop)[0]
+        assert counted.stats.n_tokens == sum(len(p["prompt_token_ids"]) for p in prompts)
+        with backend.hooks_removed():
+            assert logprobs() == profiled
+        assert backend.apply(bypass_first_act_and_mul) == [2]
         with pytest.raises(RuntimeError, match=r"rank 0 ran \d+ forward passes, but its FFN sites reduced \d+ blocks.*bypassed"):
             backend.profile(SENTS)
     finally:

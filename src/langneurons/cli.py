@@ -168,6 +168,11 @@ def cmd_info(args) -> int:
     if a.get("complete"):
         kept = schema.kept_partials(a)
         print(f"  {'partials_kept':20s} {a.get('partials_kept') or 'all'} ({', '.join(kept) or 'no variables'})")
+    if a.get("plan"):  # schema version 7 on: how the workers ran the model
+        p = a["plan"]
+        print(f"  {'plan':20s} {p['backend']} on {p['device']} in {p['dtype']}, kernel {p['kernel']}"
+              f"{', fused MLP' if p['fused_mlp'] else ''}{', tensor parallel ' + str(p['tensor_parallel']) if p['tensor_parallel'] > 1 else ''}; "
+              f"{p['n_layers']} layers x {p['d_ff']} neurons, activation {p['activation']}, max_length {p['max_length']}")
     if a.get("moe"):
         m = a["moe"]
         print(f"  {'moe':20s} {m['n_experts']} experts x {m['expert_d_ff']} neurons, top-{m['top_k']}; routing layers "

@@ -6,13 +6,17 @@ and restart policy of a run, so importing this module needs no Ray.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from langneurons.cluster.worker import ShardResult, Worker
 from langneurons.config import ProfileConfig
 from langneurons.shards import Shard
+from langneurons.store.schema import ModelInfo
+
+if TYPE_CHECKING:
+    from langneurons.profiler.plan import ModelPlan
 
 
 def cpu_cores() -> int:
@@ -28,26 +32,36 @@ def worker_threads(cfg: ProfileConfig, cores: int) -> int:
     return cfg.cluster.threads_per_worker or max(1, cores // max(1, cfg.cluster.workers))
 
 
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker's answer once its model is loaded: where and how it runs, and what it loaded
+    (compared with the plan by the driver)."""
+
+    node: str
+    host: str
+    pid: int
+    threads: int
+    device: str
+    loaded: ModelInfo
+
+
 class WorkerActor:
-    def __init__(self, cfg: ProfileConfig, store_url: str):
+    def __init__(self, cfg: ProfileConfig, store_url: str, plan: ModelPlan):
         # Constructor arguments are small and inline (no object-store refs): a restarted actor gets
         # them again from Ray's actor table, and nothing it needs can go out of scope.
         self.threads = worker_threads(cfg, cpu_cores())
-        self.worker = Worker(cfg, store_url, threads=self.threads)  # threads set before loading
+        self.worker = Worker(cfg, store_url, plan, threads=self.threads)  # threads set before loading
 
-    def ready(self) -> dict:
-        """Answers once the model is loaded: the model it loaded (checked by the driver), and where
-        and how this worker runs."""
+    def ready(self) -> Ready:
+        """Answers once the model is loaded."""
         import socket
 
         import torch
 
         import ray
 
-        return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-                "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "device": str(getattr(self.worker.backend, "device", self.worker.cfg.backend.device)),
-                "model": dataclasses.asdict(self.worker.backend.info)}
+        return Ready(ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),
+                     torch.get_num_threads(), self.worker.backend.plan.device, self.worker.backend.info)
 
     def run_shard(self, shard: Shard, sentences: Sequence[str]) -> ShardResult:
         return self.worker.run_shard(shard, sentences)

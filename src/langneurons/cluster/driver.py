@@ -7,9 +7,9 @@ Workers. `--workers` actors (`cluster.actor.WorkerActor`), each loading the mode
 each when the cluster has GPUs (or `device` names cuda), else `threads_per_worker` CPUs each
 (default: the node's cores / workers), spread over the nodes. Each worker reports the model it
 loaded (fingerprint, architecture, layers, d_ff, dtype); one that differs from what the store
-records (`expected`) stops the run before it profiles anything, so the store's provenance is what
+records (the driver's `plan.ModelPlan`) stops the run before it profiles anything, so the store's provenance is what
 the workers computed (a CPU driver with GPU workers records bfloat16, as the workers run). An
-actor is constructed from the config and the store's URL only (small, inline: a restart cannot lose them); each shard's
+actor is constructed from the config, the store's URL and the plan only (small, inline: a restart cannot lose them); each shard's
 sentences travel with its task. `LANGNEURONS_*`, `HF_HUB_OFFLINE` and `TRANSFORMERS_OFFLINE`
 are forwarded to the workers' environment.
 
@@ -58,14 +58,16 @@ import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langneurons.cluster.actor import WorkerActor
 from langneurons.cluster.progress import ShardProgress
 from langneurons.config import ProfileConfig
 from langneurons.corpus import Corpus
 from langneurons.shards import Shard, shard_rows
-from langneurons.store.schema import ModelInfo, model_mismatch
+
+if TYPE_CHECKING:
+    from langneurons.profiler.plan import ModelPlan
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +86,13 @@ class WorkerMismatch(RuntimeError):
     """A worker loaded a different model (or dtype) than the store records."""
 
 
-def run_shards(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bool, expected: ModelInfo,
+def run_shards(cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bool, plan: ModelPlan,
                on_ready=None, progress: bool = True) -> int:
-    """Profile `todo` on cfg's workers in the connected Ray session; the tokens of the shards done."""
+    """Profile `todo` on cfg's workers in the connected Ray session, each loading `plan`'s model;
+    the tokens of the shards done."""
     if not todo:
         return 0
-    return _Scheduler(cfg, corpus, todo, gpu=gpu, expected=expected, on_ready=on_ready).run(progress=progress)
+    return _Scheduler(cfg, corpus, todo, gpu=gpu, plan=plan, on_ready=on_ready).run(progress=progress)
 
 
 def actor_options(cfg: ProfileConfig, gpu: bool) -> dict[str, Any]:
@@ -122,11 +125,11 @@ class _Slot:
 
 class _Scheduler:
     def __init__(self, cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, gpu: bool,
-                 expected: ModelInfo, on_ready=None):
+                 plan: ModelPlan, on_ready=None):
         import ray
 
         self.cfg = cfg
-        self.expected = expected
+        self.plan = plan
         self.on_ready = on_ready                      # called when a worker becomes ready
         self.todo = todo
         self.queue: deque[Shard] = deque(todo)
@@ -139,7 +142,7 @@ class _Scheduler:
         n, threads = cfg.cluster.workers, cfg.cluster.threads_per_worker
         _warn_if_short(n, opts)
         cls = ray.remote(WorkerActor).options(**opts)
-        self.slots = [_Slot(f"w{i}", cls.remote(cfg, cfg.store.out)) for i in range(n)]
+        self.slots = [_Slot(f"w{i}", cls.remote(cfg, cfg.store.out, plan)) for i in range(n)]
         log.info("%d Ray workers (%s) for %d shards", n,
                  f"{opts['num_gpus']} GPU(s) each" if gpu else f"{threads or 'cores/workers'} CPU threads each",
                  len(todo))
@@ -267,7 +270,7 @@ class _Scheduler:
         slot = self.pings.pop(ref)
         slot.ping = None
         try:
-            info = ray.get(ref)
+            ready = ray.get(ref)
         except ActorDiedError as e:
             if e.actor_init_failed:  # deterministic: the model or the store is not there
                 raise RuntimeError(f"Ray worker {slot.name} failed to start: {_last_line(str(e))}") from e
@@ -278,13 +281,13 @@ class _Scheduler:
             slot.ping_after = time.monotonic() + min(WAIT_LOG_S, 2.0 ** slot.ping_errors)
             log.debug("worker %s not available yet: %s", slot.name, _first_line(str(e)))
         else:
-            problem = model_mismatch(self.expected, ModelInfo(**info["model"]))
+            problem = self.plan.mismatch(ready.loaded)
             if problem:
-                raise WorkerMismatch(f"Ray worker {slot.name} on {info['host']} loaded another model than the "
+                raise WorkerMismatch(f"Ray worker {slot.name} on {ready.host} loaded another model than the "
                                      f"store records ({problem}); refusing its counts. Give every node the same "
                                      "model files, and --dtype explicitly if nodes differ in devices")
             slot.state, slot.ping_errors = "ready", 0
-            log.debug("worker %s ready: %s", slot.name, info)
+            log.debug("worker %s ready: %s", slot.name, ready)
             if self.on_ready is not None:
                 self.on_ready()
 

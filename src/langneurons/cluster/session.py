@@ -3,7 +3,7 @@
     with RaySession(cfg) as session:              # connect first: where do the workers run?
         cfg_w = worker_config(cfg, session.gpu)   # device pinned: the driver resolves dtype for it
         ...                                       # model info, store (run.py)
-        n_tokens = session.run(cfg_w, corpus, todo, expected=info)   # cluster/driver.py
+        n_tokens = session.run(cfg_w, corpus, todo, plan=plan)   # cluster/driver.py
 
 Connecting. In a process that already has a Ray session (`ray.is_initialized()`) that session is
 used as it is. Otherwise `cfg.address` ('auto', 'host:port', 'ray://host:10001') or the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from langneurons.cluster.actor import cpu_cores
 from langneurons.cluster.driver import run_shards
@@ -27,7 +28,9 @@ from langneurons.cluster.reaper import Reaper
 from langneurons.config import ProfileConfig
 from langneurons.corpus import Corpus
 from langneurons.shards import Shard
-from langneurons.store.schema import ModelInfo
+
+if TYPE_CHECKING:
+    from langneurons.profiler.plan import ModelPlan
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +63,12 @@ class RaySession:
             if self.reaper is not None:
                 self.reaper.close()
 
-    def run(self, cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, expected: ModelInfo,
+    def run(self, cfg: ProfileConfig, corpus: Corpus, todo: list[Shard], *, plan: ModelPlan,
             progress: bool = True) -> int:
         """Profile `todo` on the workers; returns the tokens of the shards completed. `cfg` is the
-        workers' config (`worker_config`); a worker whose model differs from `expected` is refused."""
+        workers' config (`worker_config`); a worker whose model differs from `plan` is refused."""
         on_ready = self.reaper.report_children if self.reaper is not None else None
-        return run_shards(cfg, corpus, todo, gpu=self.gpu, expected=expected, on_ready=on_ready,
+        return run_shards(cfg, corpus, todo, gpu=self.gpu, plan=plan, on_ready=on_ready,
                           progress=progress)
 
 

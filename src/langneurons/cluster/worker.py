@@ -16,13 +16,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from langneurons.config import ProfileConfig
 from langneurons.shards import Shard, rows_digest
 from langneurons.profiler.backends import make_backend
 from langneurons.store.stats import Stats
 from langneurons.store.writer import ResultsStore, StoreError
+
+if TYPE_CHECKING:
+    from langneurons.profiler.plan import ModelPlan
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,11 @@ class ShardResult:
 
 
 class Worker:
-    def __init__(self, cfg: ProfileConfig, store_url: str, *, threads: int | None = None):
-        """`threads` (default --threads-per-worker; None leaves torch's setting) CPU threads are
-        set before the model loads and restored by close()."""
+    def __init__(self, cfg: ProfileConfig, store_url: str, plan: ModelPlan | None = None, *,
+                 threads: int | None = None):
+        """Loads `plan`'s model (the driver's plan; made from cfg when None) for cfg's counting
+        section. `threads` (default --threads-per-worker; None leaves torch's setting) CPU threads
+        are set before the model loads and restored by close()."""
         import torch
 
         self.cfg = cfg
@@ -50,7 +55,7 @@ class Worker:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
         try:
-            self.backend = make_backend(cfg)
+            self.backend = make_backend(cfg, plan)
             self.store = ResultsStore.open_for_shards(store_url)
         except BaseException:
             self._restore_threads()

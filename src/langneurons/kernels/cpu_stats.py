@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from langneurons.kernels.reference import Accumulator
-from langneurons.store.schema import NEURON_VARS
+from langneurons.store.schema import DTYPES, NEURON_VARS, TRAILING_DIMS
 
 CHUNK = 128  # rows per segment: the unit of threading, and the order in which float sums are folded
 TILE = 256   # neurons per tile: a tile's 15 edge counters (15 KB) and its scratch rows stay in L1
@@ -186,7 +186,9 @@ _KERNEL = None  # (numba, plan, reduce_segments, fold_into), compiled on first u
 _WORK = threading.local()  # per-thread slot buffers, reused across calls (no page faults per block)
 
 
-def _kernel():
+def kernel_parts():
+    """(numba, plan, reduce_segments, fold_into), compiled on first use: the building blocks
+    another candidate kernel reuses (benchmarks/bench_cpu_kernel.py)."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _compile()
@@ -201,7 +203,7 @@ def available() -> bool:
     return True
 
 
-def _slots(S: int, E: int, F: int):
+def segment_slots(S: int, E: int, F: int):
     """Views for one call's segment slots, carved from this thread's buffers (grown when short).
     The kernel writes every slot it hands back, so stale contents never leak into a result."""
     n_int, n_float = S * (3 + E) * F, 2 * S * F
@@ -216,16 +218,17 @@ def _slots(S: int, E: int, F: int):
     return (*i, *f, cum)
 
 
-def _segment_stats(x: torch.Tensor, token_lang: torch.Tensor, n_languages: int, threshold: float,
-                   edges: torch.Tensor):
-    """Run the kernel over the block: the segments' languages, their slots, and the fold function."""
+def segment_stats(x: torch.Tensor, token_lang: torch.Tensor, n_languages: int, threshold: float,
+                  edges: torch.Tensor):
+    """Run the kernel over the block: the segments' languages, their slots, and the fold function
+    (`reduce_block` and `accumulate_` then fold; public so the two phases can be timed apart)."""
     if x.dim() != 2:
         raise ValueError(f"x must be [tokens, d_ff], got shape {tuple(x.shape)}")
     if x.device.type != "cpu":
         raise ValueError(f"the numba kernel runs on the CPU; this block is on {x.device}")
     if token_lang.shape != x.shape[:1]:
         raise ValueError(f"token_lang shape {tuple(token_lang.shape)} != tokens {x.shape[0]}")
-    numba, plan, kernel, fold_into = _kernel()
+    numba, plan, kernel, fold_into = kernel_parts()
     xs = x.detach()
     if xs.dtype != torch.float32:
         xs = xs.float()
@@ -237,7 +240,7 @@ def _segment_stats(x: torch.Tensor, token_lang: torch.Tensor, n_languages: int, 
     if seg_lang.size and seg_lang[0] < 0:
         raise ValueError(f"token_lang holds a language index >= {n_languages} (the number of languages)")
     e = np.ascontiguousarray(edges.detach().cpu().numpy(), dtype=np.float32)
-    slots = _slots(seg_lang.size, e.shape[0], a.shape[1])
+    slots = segment_slots(seg_lang.size, e.shape[0], a.shape[1])
     threads = torch.get_num_threads()
     if numba.get_num_threads() != threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -249,11 +252,10 @@ def reduce_block(x: torch.Tensor, token_lang: torch.Tensor, n_languages: int, th
                  edges: torch.Tensor) -> dict[str, np.ndarray]:
     """The reference's `reduce_block`, computed by the kernel: per language, n_fired/act_hist/
     n_nonfinite as int64 and act_sum/act_sumsq as float64 numpy arrays ([N, F], [N, F, B])."""
-    seg_lang, slots, fold_into = _segment_stats(x, token_lang, n_languages, threshold, edges)
-    N, F, B = n_languages, x.shape[1], edges.numel() + 1
-    res = {"n_fired": np.zeros((N, F), np.int64), "act_sum": np.zeros((N, F)), "act_sumsq": np.zeros((N, F)),
-           "act_hist": np.zeros((N, F, B), np.int64), "n_nonfinite": np.zeros((N, F), np.int64)}
-    fold_into(seg_lang, *slots, *res.values())
+    seg_lang, slots, fold_into = segment_stats(x, token_lang, n_languages, threshold, edges)
+    size = {"neuron": x.shape[1], "bin": edges.numel() + 1}
+    res = {v: np.zeros((n_languages, *(size[d] for d in TRAILING_DIMS[v][1:])), DTYPES[v]) for v in NEURON_VARS}
+    fold_into(seg_lang, *slots, *res.values())  # in NEURON_VARS order
     return res
 
 
@@ -263,5 +265,5 @@ def accumulate_(acc: Accumulator, layer: int, x: torch.Tensor, token_lang: torch
     if acc.n_fired.device.type != "cpu" or acc.n_fired.shape[2] != x.shape[1]:
         raise ValueError(f"the accumulator ({acc.n_fired.shape[2]} neurons on {acc.n_fired.device}) does not "
                          f"fit a block of {x.shape[1]} neurons on the CPU")
-    seg_lang, slots, fold_into = _segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
+    seg_lang, slots, fold_into = segment_stats(x, token_lang, acc.n_languages, acc.threshold, acc.edges)
     fold_into(seg_lang, *slots, *(getattr(acc, v)[:, layer].numpy() for v in NEURON_VARS))

@@ -28,7 +28,7 @@ from torch import nn
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import architectures, moe_layout
 from langneurons.profiler.hooks import HookState
-from langneurons.store.schema import ROUTING_VARS
+from langneurons.store.schema import EXPERT_VARS, ROUTING_VARS
 
 
 @dataclass
@@ -64,9 +64,9 @@ class MoeAccumulator:
         out = {v: getattr(self, v)[language].to("cpu", copy=True).numpy() for v in ROUTING_VARS}
         if self.experts is not None:
             L, E = self.n_routed.shape[1:]
-            for v in ("n_fired", "act_sum", "act_sumsq", "n_nonfinite"):
-                a = getattr(self.experts, v)[language]
-                out[f"expert_{v}"] = a.reshape(L, E, a.shape[-1]).to("cpu", copy=True).numpy()
+            for v in EXPERT_VARS:  # the experts' accumulator holds the neuron variables they name
+                a = getattr(self.experts, v.removeprefix("expert_"))[language]
+                out[v] = a.reshape(L, E, a.shape[-1]).to("cpu", copy=True).numpy()
         return out
 
 

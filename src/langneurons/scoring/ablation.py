@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from langneurons.profiler import sites, tokens
-from langneurons.profiler.devices import resolve_device
+from langneurons.profiler import loader, sites
+from langneurons.profiler.plan import model_plan
 from langneurons.scoring.options import AblateConfig, LapeConfig
 
 
@@ -51,23 +51,16 @@ def zeroed(model, model_type: str, site: str, neurons: dict[int, torch.Tensor]) 
 
 
 @torch.inference_mode()
-def perplexity(model, tokenizer, sentences: Sequence[str], device, batch_size: int = 16,
+def perplexity(model, tokenizer, sentences: Sequence[str], device, batch_tokens: int = 2048,
                bos: int | None = None) -> float:
     """exp(mean negative log-likelihood) over every predicted token of the sentences; `bos`: the
     BOS rule's prepended id (`tokens.BosRule.prepend`), so the model runs as it was profiled."""
     nll, count = 0.0, 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    for i in range(0, len(sentences), batch_size):
-        enc = [tokenizer(s).input_ids for s in sentences[i:i + batch_size]]
-        if bos is not None:
-            enc = [e if e[:1] == [bos] else [bos] + e for e in enc]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for r, e in enumerate(enc):
-            ids[r, :len(e)] = torch.tensor(e)
-            attn[r, :len(e)] = 1
-        ids, attn = ids.to(device), attn.to(device)
+    enc = [tokenizer(s).input_ids for s in sentences]
+    if bos is not None:
+        enc = [e if e[:1] == [bos] else [bos] + e for e in enc]
+    for batch in loader.padded_batches(enc, batch_tokens, loader.pad_id(tokenizer), device):
+        ids, attn = batch.ids, batch.attention
         logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float()
         logp = torch.log_softmax(logits[:, :-1], -1)
         tgt = ids[:, 1:]
@@ -86,20 +79,20 @@ def masks_to_indices(masks: xr.DataArray, language) -> dict[int, torch.Tensor]:
 
 
 def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str]], *, site: str = "gate",
-           device: str = "auto", dtype=torch.float32, revision: str | None = None,
-           add_bos: bool = True) -> xr.Dataset:
-    """Perplexity of every held-out language with each language's neurons zeroed; sequences open
-    as the profile's did (the BOS rule, `add_bos` as the store's config has it).
+           device: str = "auto", dtype: str = "float32", revision: str | None = None, add_bos: bool = True,
+           trust_remote_code: bool = False) -> xr.Dataset:
+    """Perplexity of every held-out language with each language's neurons zeroed. The model is
+    planned and loaded as `profile` does (`plan.model_plan`, `loader.load_model`), so sequences
+    open as the profile's did (the BOS rule, `add_bos` as the store's config has it).
 
     Returns `ppl[ablated, evaluated]`, `base[evaluated]` and `ratio = ppl / base`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from langneurons.config import ProfileConfig
 
-    dev = resolve_device(device)
-    tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, revision=revision).to(dev).eval()
-    mt = model.config.model_type
-    bos = tokens.bos_rule(tok, model.config, add=add_bos).prepend
+    plan = model_plan(ProfileConfig.from_flags(model=model_path, revision=revision, device=device, dtype=dtype,
+                                               add_bos=add_bos, trust_remote_code=trust_remote_code))
+    tok = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
+    model, dev, mt, bos = loader.load_model(plan), plan.torch_device, plan.architecture, plan.bos.prepend
     langs = [str(x) for x in masks["language"].values]
     evals = list(heldout)
     base = np.array([perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals])
@@ -197,7 +190,8 @@ def ablate_report(results: str, options: AblateConfig = AblateConfig(), cfg: Lap
     masks = lape(firing_probability(ds), cfg).masks
     res = ablate(model_path, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
                  site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"),
-                 add_bos=(ds.attrs.get("config") or {}).get("add_bos", True))
+                 add_bos=(ds.attrs.get("config") or {}).get("add_bos", True),
+                 trust_remote_code=options.trust_remote_code)
     if out:
         res["ratio"].to_pandas().to_csv(out)
     return diagonal_report(res)

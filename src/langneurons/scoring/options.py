@@ -58,6 +58,8 @@ class AblateConfig:
                                   "the results).", path="one")
     allow_model_mismatch: bool = opt(False, "Ablate even if the model's weights or tokenizer differ from the "
                                             "profiled ones.")
+    trust_remote_code: bool = opt(False, "Allow the model's own code from the hub, as for profile (off unless "
+                                         "you ask for it).")
 
     def __post_init__(self) -> None:
         check_section(self)

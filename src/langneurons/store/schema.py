@@ -71,6 +71,11 @@ layer in `moe_layers`, n_routed sums to top_k * n_tokens and router_prob_sum to 
 rounding). Expert histograms are not stored: one per expert would multiply the histogram, already
 the largest variable, by the number of experts (128 for Qwen3-30B-A3B: ~300 MB per shard).
 
+The model plan. The root attribute `plan` (version 7 on; `profiler.plan.ModelPlan.record`) states
+how the workers ran the model, as resolved once before the run: backend, device, dtype, kernel,
+--fused-mlp, tensor-parallel size, layers, d_ff, activation, max_length and the BOS rule's source
+and token id. Every worker's loaded model is compared with it before it counts.
+
 Token and value conventions (the spec every backend and kernel follows):
 - a token counts once per language it belongs to; padding never counts; special tokens added by the
   tokenizer (BOS/EOS) are excluded unless `include_special_tokens` is set; so is a BOS langneurons
@@ -91,14 +96,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 6  # 6: `bos` (the BOS rule applied) and `add_bos` in the identity;
+from langneurons.store.variables import VARIABLES, names, partial_dtypes, total_dtypes
+
+SCHEMA_VERSION = 7  # 7: `plan` (the model plan the workers ran: device, kernel, max_length, ...);
+#                    6: `bos` (the BOS rule applied) and `add_bos` in the identity;
 #                    5: whole-file weight fingerprint, `tokenizer_fingerprint`, each shard's row digest;
 #                    4: `moe` and the MoE variables; 3: narrow partials, `partials_kept`; 2: attribute
 #                    checksum, `state`, every chunk written
 #: Versions this langneurons reads (a version-2 store has wide partials, all of them kept; stores
 #: before version 4 are dense: no `moe` attribute; before 5 no tokenizer fingerprint or row digests;
-#: before 6 no `bos`: the tokenizer's output was fed as is).
-READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5, 6)
+#: before 6 no `bos`: the tokenizer's output was fed as is; before 7 no `plan`).
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
 
 #: Default histogram edges (15 edges -> 16 bins, the outer two open-ended). Dense around 0 where
 #: SiLU/GELU gates live, with edges at the usual post-hoc thresholds (0, 0.1, 0.25, 0.5, 1, 2).
@@ -106,22 +114,20 @@ DEFAULT_EDGES: tuple[float, ...] = (
     -4.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0,
 )
 
-#: Variables with a neuron axis, in the order they are written; all summed over shards.
-NEURON_VARS: tuple[str, ...] = ("n_fired", "act_sum", "act_sumsq", "act_hist", "n_nonfinite")
-ALL_VARS: tuple[str, ...] = ("n_tokens",) + NEURON_VARS
+#: The variables by group, in the order they are written (declared once in `store.variables`).
+NEURON_VARS: tuple[str, ...] = names("neuron")
+ALL_VARS: tuple[str, ...] = names("tokens") + NEURON_VARS
 #: Mixture-of-experts variables (see "Mixture of experts" above): routing, and neurons inside experts.
-ROUTING_VARS: tuple[str, ...] = ("n_routed", "router_prob_sum")
-EXPERT_VARS: tuple[str, ...] = ("expert_n_fired", "expert_act_sum", "expert_act_sumsq", "expert_n_nonfinite")
+ROUTING_VARS: tuple[str, ...] = names("routing")
+EXPERT_VARS: tuple[str, ...] = names("expert")
 MOE_VARS: tuple[str, ...] = ROUTING_VARS + EXPERT_VARS
-
 #: The variables that sum activations or probabilities (floating point); every other one counts.
-SUM_VARS: tuple[str, ...] = ("act_sum", "act_sumsq", "router_prob_sum", "expert_act_sum", "expert_act_sumsq")
+SUM_VARS: tuple[str, ...] = tuple(v.name for v in VARIABLES if v.is_sum)
 #: Totals: int64 counts, float64 sums.
-DTYPES: dict[str, np.dtype] = {v: np.dtype("float64" if v in SUM_VARS else "int64") for v in ALL_VARS + MOE_VARS}
+DTYPES: dict[str, np.dtype] = total_dtypes()
 #: Per-shard partials as stored: narrow, exact under PARTIAL_MAX_TOKENS (see the module docstring);
 #: n_tokens stays int64.
-PARTIAL_DTYPES: dict[str, np.dtype] = {
-    v: np.dtype("float32" if v in SUM_VARS else "int64" if v == "n_tokens" else "int32") for v in ALL_VARS + MOE_VARS}
+PARTIAL_DTYPES: dict[str, np.dtype] = partial_dtypes()
 #: The most counted tokens one shard may hold: every int32 partial count is at most this.
 PARTIAL_MAX_TOKENS = int(np.iinfo(np.int32).max)
 
@@ -151,17 +157,8 @@ def kept_partials(attrs: dict) -> tuple[str, ...]:
 
 
 #: Dimension names after the leading `language` (totals) or `shard` (partials) axis.
-TRAILING_DIMS: dict[str, tuple[str, ...]] = {
-    "n_tokens": (),
-    "n_fired": ("layer", "neuron"),
-    "act_sum": ("layer", "neuron"),
-    "act_sumsq": ("layer", "neuron"),
-    "act_hist": ("layer", "neuron", "bin"),
-    "n_nonfinite": ("layer", "neuron"),
-    "n_routed": ("layer", "expert"),
-    "router_prob_sum": ("layer", "expert"),
-    **{v: ("layer", "expert", "expert_neuron") for v in EXPERT_VARS},
-}
+TRAILING_DIMS: dict[str, tuple[str, ...]] = {v.name: v.dims for v in VARIABLES}
+
 
 def dim_sizes(attrs: dict) -> dict[str, int]:
     """The length of every dimension of a store, from its root attributes."""
@@ -285,7 +282,7 @@ def model_mismatch(expected: ModelInfo, got: ModelInfo) -> str | None:
     return "; ".join(diff) or None
 
 
-def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: str | None, backend: str,
+def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, plan: dict | None = None, revision: str | None, backend: str,
                config: dict, run_only: list[str], versions: dict[str, str], version: str) -> dict:
     """The root attributes a run states before any array exists (the writer adds the layout and
     `state`). Provenance fields repeat identity values at the top level for people and xarray."""
@@ -311,6 +308,7 @@ def root_attrs(ident: dict, info: ModelInfo, corpus: CorpusFacts, *, revision: s
         "include_special_tokens": ident["include_special_tokens"],
         "bos": info.bos,
         "moe": info.moe,
+        "plan": plan,
         "config": config,
         "run_only_config_fields": sorted(run_only),
         "versions": versions,
@@ -323,7 +321,7 @@ ATTRS: tuple[str, ...] = (
     "langneurons_version", "model", "revision", "model_fingerprint", "tokenizer_fingerprint", "architecture", "site", "threshold",
     "dtype", "backend", "languages", "corpus", "corpus_fingerprint", "n_sentences", "rows_per_language",
     "aligned", "tokens_per_language", "max_tokens_per_language", "include_special_tokens", "bos", "moe",
-    "config", "run_only_config_fields", "versions",
+    "plan", "config", "run_only_config_fields", "versions",
     "langneurons_store", "identity", "n_layers", "d_ff", "bin_edges", "n_shards", "complete", "state",
     "partials_kept", "created", "completed", "schema_version", "checksum",
 )

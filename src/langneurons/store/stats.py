@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from langneurons.store.schema import (
-    DTYPES, EXPERT_VARS, NEURON_VARS, PARTIAL_DTYPES, PARTIAL_MAX_TOKENS, ROUTING_VARS,
+    DTYPES, EXPERT_VARS, NEURON_VARS, PARTIAL_DTYPES, PARTIAL_MAX_TOKENS, ROUTING_VARS, TRAILING_DIMS,
 )
 
 
@@ -36,22 +36,13 @@ class Stats:
     @classmethod
     def zeros(cls, n_layers: int, d_ff: int, n_bins: int, moe: dict | None = None) -> "Stats":
         """Zero statistics; with `moe` (a recorded MoE layout) also its variables."""
-        z = lambda *s, v: np.zeros(s, dtype=DTYPES[v])  # noqa: E731
-        extra = {}
+        size = {"layer": n_layers, "neuron": d_ff, "bin": n_bins}
+        moe_vars: tuple[str, ...] = ()
         if moe:
-            E, Fe = moe["n_experts"], moe["expert_d_ff"]
-            extra = {v: z(n_layers, E, v=v) for v in ROUTING_VARS}
-            if moe.get("expert_neurons"):
-                extra.update({v: z(n_layers, E, Fe, v=v) for v in EXPERT_VARS})
-        return cls(
-            n_tokens=0,
-            n_fired=z(n_layers, d_ff, v="n_fired"),
-            act_sum=z(n_layers, d_ff, v="act_sum"),
-            act_sumsq=z(n_layers, d_ff, v="act_sumsq"),
-            act_hist=z(n_layers, d_ff, n_bins, v="act_hist"),
-            n_nonfinite=z(n_layers, d_ff, v="n_nonfinite"),
-            moe=extra,
-        )
+            size.update(expert=moe["n_experts"], expert_neuron=moe["expert_d_ff"])
+            moe_vars = ROUTING_VARS + (EXPERT_VARS if moe.get("expert_neurons") else ())
+        z = {v: np.zeros(tuple(size[d] for d in TRAILING_DIMS[v]), dtype=DTYPES[v]) for v in NEURON_VARS + moe_vars}
+        return cls(n_tokens=0, **{v: z[v] for v in NEURON_VARS}, moe={v: z[v] for v in moe_vars})
 
     def __iadd__(self, other: "Stats") -> "Stats":
         if set(self.moe) != set(other.moe):

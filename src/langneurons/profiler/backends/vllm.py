@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -31,10 +30,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from langneurons.config import CountingConfig, ProfileConfig
-from langneurons.profiler import architectures, moe_layout, tokens
+from langneurons.profiler import loader, tokens
 from langneurons.profiler.backends import vllm_worker
 from langneurons.profiler.backends.base import describe
-from langneurons.profiler.devices import dtype_name, placement
+from langneurons.profiler.moe_layout import MoeLayout
+from langneurons.profiler.plan import ModelPlan, model_plan
 from langneurons.store.schema import NEURON_VARS, ROUTING_VARS
 from langneurons.store.stats import Stats
 
@@ -139,31 +139,25 @@ def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, cfg: ProfileConfig):
+    def __init__(self, cfg: ProfileConfig, plan: ModelPlan | None = None):
+        """`plan`: the driver's (`plan.model_plan`); without one it is made here from cfg. Only
+        cfg's counting section is read: everything about the model comes from the plan."""
         vllm = _import_vllm()
-        from transformers import AutoConfig, AutoTokenizer
-
-        b, self.counting = cfg.backend, cfg.counting
-        kw = dict(revision=b.revision, trust_remote_code=b.trust_remote_code)
-        mcfg = AutoConfig.from_pretrained(b.model, **kw)
-        self.model_type = mcfg.model_type
-        architectures.vllm_spec(self.model_type)  # one architecture table for both backends
-        self.tokenizer = AutoTokenizer.from_pretrained(b.model, **kw)
-        dtype = dtype_name(placement(b.device, b.dtype)[1])
-        # The prompt may use every position but one: vLLM needs a position for the sampled token.
-        self.max_length = tokens.resolve_max_length(self.counting.max_length, tokens.position_limit(mcfg), "vllm",
-                                                    quiet=True)
+        self.plan = plan = plan or model_plan(cfg.replace(backend="vllm"))
+        self.counting = cfg.counting
+        self.tokenizer = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
+        self.bos, self.max_length = plan.bos, plan.max_length
         budget = max(self.counting.batch_tokens, self.max_length)
-        tp = b.tensor_parallel
-        device = placement(b.device, b.dtype)[0]
-        with insecure_serialization(), _cpu_thread_binding(tp if device.type == "cpu" else 1):
+        tp = plan.tensor_parallel
+        with insecure_serialization(), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
             # the engine's processes start here, and keep both settings
             self.llm = vllm.LLM(
-                model=b.model, tokenizer=b.model, revision=b.revision, dtype=dtype,
-                trust_remote_code=b.trust_remote_code, tensor_parallel_size=tp,
+                model=plan.model, tokenizer=plan.model, revision=plan.revision, dtype=plan.dtype,
+                trust_remote_code=plan.trust_remote_code, tensor_parallel_size=tp,
                 distributed_executor_backend="mp" if tp > 1 else None,
-                gpu_memory_utilization=b.gpu_memory_utilization,
+                gpu_memory_utilization=plan.gpu_memory_utilization,
                 enable_prefix_caching=False, enable_chunked_prefill=False,
+                # the prompt may use every position but one: vLLM needs a position for the sampled token
                 max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
                 max_num_seqs=max(1, min(256, budget)),
                 enforce_eager=True, compilation_config={"mode": 0}, seed=0,
@@ -173,26 +167,23 @@ class VLLMBackend:
             raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens and would "
                                "corrupt the counts. Refusing to profile")
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
-        self._kernel, self._act = b.kernel, activation_name(mcfg)
         ranks = self._install(self.counting)
         # what the workers actually loaded, as they report it
-        self._mcfg = mcfg
-        self.bos = tokens.bos_rule(self.tokenizer, mcfg, add=self.counting.add_bos)
-        self.info = describe(b.model, b.revision, self.model_type, ranks[0]["n_layers"],
-                             sum(r["d_local"] for r in ranks), ranks[0]["dtype"], bos=self.bos.record(),
-                             moe=self._layout(mcfg, ranks[0]["moe"]))
+        self.info = describe(plan.model, plan.revision, plan.architecture, ranks[0].n_layers,
+                             sum(r.d_local for r in ranks), ranks[0].dtype, bos=self.bos.record(),
+                             moe=self._layout(ranks[0].routing))
 
-    def _install(self, c: CountingConfig) -> list[dict]:
+    def _install(self, c: CountingConfig) -> list[vllm_worker.RankLoaded]:
         """(Re)install the hooks in every rank for counting section `c`; returns the ranks' reports."""
         self.install = functools.partial(  # kept: uninstall + install gives a hook-free engine back
-            vllm_worker.install, model_type=self.model_type, site=c.site, threshold=c.threshold,
-            edges=list(c.bin_edges), kernel=self._kernel, act=self._act)
-        ranks = self._apply(self.install)
+            vllm_worker.install, model_type=self.plan.architecture, site=c.site, threshold=c.threshold,
+            edges=list(c.bin_edges), kernel=self.plan.kernel, act=self.plan.activation)
+        ranks = self.apply(self.install)
         self._pattern: tuple[int, int] | None = None  # fresh hooks count no special token yet
-        self.kernel = ranks[0]["kernel"]  # every rank runs on the same kind of device
+        self.kernel = ranks[0].kernel  # every rank runs on the same kind of device
         # how the site is read: "act_and_mul" (act(gate) taken inside vLLM's activation op), "output"
         # (act(gate) recomputed from the merged projection), "input" (down_in)
-        self.hooked = ranks[0]["hooked"]
+        self.hooked = list(ranks[0].hooked)
         log.info("vLLM workers reduce with the %s kernel (hook points: %s)", self.kernel, ", ".join(self.hooked))
         return ranks
 
@@ -200,41 +191,47 @@ class VLLMBackend:
         """Count with another counting section on the running engine, without loading the weights
         again: another site, threshold or bin edges (hooks installed afresh), special tokens or
         long-document rule (the tokenizer side's). The engine's limits were set from max_length and
-        batch_tokens when it started, so those must stay."""
-        fixed = [f"{f} {getattr(self.counting, f)} -> {getattr(counting, f)}" for f in ("max_length", "batch_tokens")
-                 if getattr(counting, f) != getattr(self.counting, f)]
+        batch_tokens when it started, and the BOS rule is the plan's, so those must stay."""
+        fixed = [f"{f} {getattr(self.counting, f)} -> {getattr(counting, f)}"
+                 for f in ("max_length", "batch_tokens", "add_bos") if getattr(counting, f) != getattr(self.counting, f)]
         if fixed:
             raise ValueError(f"the vLLM engine was started for other limits ({', '.join(fixed)}); start a new "
                              "backend for them")
         self._install(counting)
         self.counting = counting
-        self.bos = tokens.bos_rule(self.tokenizer, self._mcfg, add=counting.add_bos)
-        self.info = dataclasses.replace(self.info, bos=self.bos.record())
 
-    def _layout(self, mcfg, routing: dict | None):
-        """The MoE layout (routing only: no expert neurons from vLLM), from the transformers model's
-        modules on the meta device (the table's one description), checked against what vLLM built."""
-        if routing is None:
+    def _layout(self, routing: tuple[int, int, tuple[int, ...]] | None) -> MoeLayout | None:
+        """The plan's MoE layout (routing only: no expert neurons from vLLM), checked against what
+        vLLM built."""
+        layout = self.plan.moe
+        if routing is None and layout is None:
             return None
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            m = AutoModelForCausalLM.from_config(mcfg)
-        layout = moe_layout.moe_layout(m, self.model_type, expert_neurons=False)
-        got = (routing["n_experts"], routing["top_k"], tuple(routing["moe_layers"]))
-        if got != (layout.n_experts, layout.top_k, layout.moe_layers):
-            raise RuntimeError(f"vLLM built routing layers {got} (experts, top-k, layers), transformers' model "
-                               f"{(layout.n_experts, layout.top_k, layout.moe_layers)}; refusing to count")
+        want = None if layout is None else (layout.n_experts, layout.top_k, layout.moe_layers)
+        if routing != want:
+            raise RuntimeError(f"vLLM built routing layers {routing} (experts, top-k, layers), transformers' model "
+                               f"{want}; refusing to count")
         return layout
 
-    def _apply(self, fn):
+    def apply(self, fn) -> list:
+        """`fn(model)` run in every rank (vLLM's `apply_model`), its results in rank order. `fn`
+        must be importable by reference (a module-level function or a partial of one)."""
         with insecure_serialization():
             return self.llm.apply_model(fn)
 
+    @contextlib.contextmanager
+    def hooks_removed(self) -> Iterator[None]:
+        """The same engine without langneurons' hooks inside the block (the plain-vLLM baseline the
+        profiling overhead is measured against); the hooks are installed again on exit."""
+        self.apply(vllm_worker.uninstall)
+        try:
+            yield
+        finally:
+            self.apply(self.install)
+            self._pattern = None
+
     def _set_pattern(self, pattern: tuple[int, int]) -> None:
         if pattern != self._pattern:
-            self._apply(functools.partial(vllm_worker.set_special, n_prefix=pattern[0], n_suffix=pattern[1]))
+            self.apply(functools.partial(vllm_worker.set_special, n_prefix=pattern[0], n_suffix=pattern[1]))
             self._pattern = pattern
 
     def profile(self, sentences: Sequence[str]) -> Stats:
@@ -244,23 +241,23 @@ class VLLMBackend:
                             max_length=self.max_length, long_documents=self.counting.long_documents,
                             bos=self.bos.prepend)
         self._set_pattern(special_pattern(enc.counted))
-        self._apply(vllm_worker.start)
+        self.apply(vllm_worker.start)
         try:
             self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in enc.input_ids],
                               self.sampling, use_tqdm=False)
         finally:
-            parts = self._apply(vllm_worker.stop)
+            parts = self.apply(vllm_worker.stop)
         for rank, p in enumerate(parts):
-            if p["n_reduced"] != p["passes"] * p["n_sites"]:
+            if p.n_reduced != p.passes * p.n_sites:
                 raise RuntimeError(
-                    f"vLLM rank {rank} ran {p['passes']} forward passes, but its FFN sites reduced {p['n_reduced']} "
-                    f"blocks, not {p['passes']} x {p['n_sites']} (one per hooked layer and pass): its forward "
+                    f"vLLM rank {rank} ran {p.passes} forward passes, but its FFN sites reduced {p.n_reduced} "
+                    f"blocks, not {p.passes} x {p.n_sites} (one per hooked layer and pass): its forward "
                     "bypassed a hooked module, so counts would be missing. Please report the model and vLLM "
                     "version; --backend hf profiles it")
         stats = Stats(
-            n_tokens=int(parts[0]["n_tokens"]),
-            **{v: np.concatenate([p[v] for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
-            moe={v: parts[0][v] for v in ROUTING_VARS if v in parts[0]},  # replicated gate: rank 0's
+            n_tokens=int(parts[0].stats.n_tokens),
+            **{v: np.concatenate([getattr(p.stats, v) for p in parts], axis=1) for v in NEURON_VARS},  # [L, F]: rank order
+            moe={v: parts[0].stats.moe[v] for v in ROUTING_VARS if v in parts[0].stats.moe},  # replicated gate: rank 0's
         )
         if stats.n_tokens != enc.n_counted:
             raise RuntimeError(f"vLLM computed {stats.n_tokens} counted tokens, expected {enc.n_counted}: "
@@ -269,15 +266,7 @@ class VLLMBackend:
 
     def close(self) -> None:
         try:
-            self._apply(vllm_worker.uninstall)
+            self.apply(vllm_worker.uninstall)
         finally:
             del self.llm
 
-
-def activation_name(model_config) -> str:
-    """The MLP activation the model config names (transformers' ACT2FN key)."""
-    name = getattr(model_config, "hidden_act", None) or getattr(model_config, "hidden_activation", None)
-    if not isinstance(name, str):
-        raise ValueError("the model config names no MLP activation (hidden_act); the vLLM backend needs it to "
-                         "compute the gate site: use --site down_in or --backend hf")
-    return name

@@ -32,6 +32,29 @@ from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import architectures, hooks, moe, vllm_sites
 from langneurons.profiler.devices import dtype_name
+from langneurons.store.stats import Stats
+
+
+@dataclass(frozen=True, slots=True)
+class RankLoaded:
+    """What one rank loaded and installed (`install`'s report)."""
+
+    n_layers: int
+    d_local: int                 # this rank's slice of d_ff
+    dtype: str
+    kernel: str                  # the kernel it reduces with
+    hooked: tuple[str, ...]      # how the site is read (vllm_sites.SiteModule kinds)
+    routing: tuple[int, int, tuple[int, ...]] | None  # (experts, top-k, routing layers) of a MoE model
+
+
+@dataclass(frozen=True, slots=True)
+class RankCounts:
+    """One rank's statistics of one `profile` call (`stop`'s report)."""
+
+    stats: Stats                 # its slice of the neuron axis; routing (replicated gate) in stats.moe
+    passes: int                  # forward passes run while counting
+    n_reduced: int               # blocks its sites reduced: one per site and pass, or a hook was bypassed
+    n_sites: int
 
 
 @dataclass
@@ -59,14 +82,16 @@ def _token_lang(positions: torch.Tensor, n_prefix: int, n_suffix: int) -> torch.
 
 
 def install(model: nn.Module, model_type: str, site: str, threshold: float, edges: list[float],
-            kernel: str, act: str) -> dict:
-    """Install the hooks in this worker (inactive until `start`). Returns what this rank loaded:
-    n_layers, d_local (its slice of d_ff), dtype, and the kernel --kernel became on its device."""
+            kernel: str, act: str | None) -> RankLoaded:
+    """Install the hooks in this worker (inactive until `start`); reports what this rank loaded."""
     from transformers.activations import ACT2FN
 
     if getattr(model, "_langneurons", None) is not None:
         uninstall(model)
-    points, d_local = vllm_sites.vllm_site_modules(model, model_type, site, ACT2FN[act])
+    if site == "gate" and act is None:
+        raise ValueError("the model config names no MLP activation (hidden_act); the vLLM backend needs it to "
+                         "compute the gate site: use --site down_in or --backend hf")
+    points, d_local = vllm_sites.vllm_site_modules(model, model_type, site, ACT2FN[act] if act else None)
     n_layers = len(architectures.module_at(model, architectures.vllm_spec(model_type).layers))
     param = next(model.parameters())
     chosen = resolve(kernel, param.device)
@@ -75,12 +100,11 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
                      n_sites=len(points))
     engine.state.active = False
     sparse = vllm_sites.vllm_sparse_blocks(model, model_type)
-    layout = None
+    routing = None
     if sparse:
         first = sparse[0][1].experts
-        layout = dict(n_experts=int(first.router.global_num_experts), top_k=int(first.router.top_k),
-                      moe_layers=[i for i, _ in sparse])
-        engine.moe = moe.MoeAccumulator.zeros(1, n_layers, layout["n_experts"], threshold, param.device)
+        routing = (int(first.router.global_num_experts), int(first.router.top_k), tuple(i for i, _ in sparse))
+        engine.moe = moe.MoeAccumulator.zeros(1, n_layers, routing[0], threshold, param.device)
 
     def top_pre(_m, args, kwargs):
         if engine.state.active:
@@ -94,8 +118,8 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
     for layer, block in sparse:
         engine.handles += _install_routing(engine, layer, block)
     model._langneurons = engine
-    return {"n_layers": n_layers, "d_local": d_local, "dtype": dtype_name(param.dtype), "kernel": chosen,
-            "moe": layout, "hooked": sorted({p.kind for p in points})}
+    return RankLoaded(n_layers, d_local, dtype_name(param.dtype), chosen, tuple(sorted({p.kind for p in points})),
+                      routing)
 
 
 class _Handle:
@@ -130,6 +154,11 @@ def _install_routing(engine: _Engine, layer: int, block: nn.Module) -> list:
     return [block.gate.register_forward_hook(gate_hook), _Handle(lambda: router.set_capture_fn(None))]
 
 
+def hook_state(model: nn.Module) -> hooks.HookState:
+    """This rank's hook state (what `install` put on the model), for code that instruments it."""
+    return model._langneurons.state
+
+
 def set_special(model: nn.Module, n_prefix: int, n_suffix: int) -> None:
     model._langneurons.n_prefix = n_prefix
     model._langneurons.n_suffix = n_suffix
@@ -144,18 +173,16 @@ def start(model: nn.Module) -> None:
     engine.state.active = True
 
 
-def stop(model: nn.Module) -> dict:
-    """Stop counting; return this rank's statistics as host numpy arrays, with the forward passes
-    run while counting and the blocks the sites reduced (the backend checks one per site and pass)."""
+def stop(model: nn.Module) -> RankCounts:
+    """Stop counting; this rank's statistics on the host, with the forward passes run while
+    counting and the blocks the sites reduced (the backend checks one per site and pass)."""
     engine = model._langneurons
     engine.state.active = False
     engine.state.clear()
-    s = engine.state.acc.to_stats(0)
-    out = {"n_tokens": s.n_tokens, **{k: v for k, v in s.arrays().items() if k != "n_tokens"},
-           "passes": engine.passes, "n_reduced": engine.state.n_reduced, "n_sites": engine.n_sites}
+    stats = engine.state.acc.to_stats(0)
     if engine.moe is not None:
-        out.update(engine.moe.to_arrays(0))
-    return out
+        stats.moe = engine.moe.to_arrays(0)
+    return RankCounts(stats, engine.passes, engine.state.n_reduced, engine.n_sites)
 
 
 def uninstall(model: nn.Module) -> None:

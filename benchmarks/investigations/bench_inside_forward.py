@@ -13,7 +13,7 @@
    ratios between processes drift by 10-20%, while extra sleeps x that wake-up delay bound what a
    shorter wait costs plain inference without drift.
 
-    python benchmarks/bench_inside_forward.py [--groups 6] [--rounds 4]
+    python benchmarks/investigations/bench_inside_forward.py [--groups 6] [--rounds 4]
 
 Writes benchmarks/results/inside_forward.json (about 8 minutes on 2 cores). Not part of
 `make bench`: it explains a figure of bench_overhead.py rather than adding one.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: bench_overhead, common
 import bench_overhead  # noqa: E402
 from common import machine_info  # noqa: E402
 
@@ -43,7 +43,7 @@ from langneurons.demo import demo_model_path  # noqa: E402
 from langneurons.kernels import cpu_stats  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "inside_forward.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "inside_forward.json"
 
 
 def setup(sentences: int):
@@ -122,6 +122,34 @@ def _median(by: dict, name: str, key: str, base: str) -> float:
 SETTINGS = {"default": {"GOMP_SPINCOUNT": "300000"},           # libgomp's documented default
             "short": {"GOMP_SPINCOUNT": "10000"},                 # a fraction of a millisecond
             "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+def table() -> list[str]:
+    """This benchmark's section of the results table in benchmarks/README.md (`run_all.py`)."""
+    from common import load
+
+    out: list[str] = []
+    inf = load("inside_forward.json")
+    if inf and inf.get("openmp_wait"):
+        w = inf["openmp_wait"]
+        out += ["### torch's OpenMP wait and the CPU kernel (`investigations/bench_inside_forward.py`, fresh processes)", "",
+                "| setting | time in the hooks, % of the forward | thread sleeps per plain pass | parallel op after a "
+                "5 ms pause, us | plain forward vs default: measured (median of groups) | estimated (sleeps x wake-up) |",
+                "|---|---|---|---|---|---|"]
+        for name, pct in w["hooks_pct_median"].items():
+            slow, est = w["plain_slowdown_pct_vs_default"].get(name), w["plain_cost_pct_estimate"].get(name)
+            env = ", ".join(f"{k}={v}" for k, v in w["settings"][name].items())
+            out.append(f"| {name} ({env}) | {pct:.2f}% | {w['sleeps_per_plain_pass'][name]:.0f} | "
+                       f"{w['op_after_pause_us'][name]:.0f} | {'' if slow is None else format(slow['median'], '+.1f') + '%'} | "
+                       f"{'' if est is None else format(est, '+.1f') + '%'} |")
+        th = inf["hooks_pct_by_numba_threads"]
+        out += ["", "The estimate (extra sleeps x extra start-up delay, over the plain pass) is the drift-free "
+                "figure; the measured ratio between processes moves by 10-20%. A shorter wait hands the kernel "
+                "the core torch's worker spins on, but plain inference pays more than the hooks save, so "
+                "langneurons leaves torch's wait alone.",
+                "", "Numba threads inside the forward (default wait): " + ", ".join(
+            f"{k.replace('_', ' ')} {v['median']:.2f}%" for k, v in th.items()) + ".", ""]
+    return out
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,81 @@
+"""The one model loader: every command that loads weights in this process (the HF backend of
+`profile`, `ablate`, and the coming `steer`) loads them here, from a `plan.ModelPlan`, with the
+plan's trust_remote_code policy, dtype and device, and feeds them through `padded_batches`.
+(vLLM loads its own weights in its workers, from the same plan.)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+
+from langneurons.profiler.tokens import batches_by_budget
+
+if TYPE_CHECKING:
+    from langneurons.profiler.plan import ModelPlan
+
+
+def load_tokenizer(model: str, revision: str | None, trust_remote_code: bool):
+    """The model's tokenizer. Loaded once per set of tokenizer files: a folder whose tokenizer
+    files changed since (its fingerprint) is loaded again."""
+    from langneurons.profiler.checkpoint import tokenizer_fingerprint
+
+    return _tokenizer(model, revision, trust_remote_code, tokenizer_fingerprint(model, revision))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model: str, revision: str | None, trust_remote_code: bool, _fingerprint: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def load_model(plan: ModelPlan) -> torch.nn.Module:
+    """The plan's model, in eval mode on its device and in its dtype; its architecture must be the
+    plan's (a model folder replaced since the plan was made is refused)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(plan.model, revision=plan.revision, dtype=plan.torch_dtype,
+                                                 trust_remote_code=plan.trust_remote_code)
+    if model.config.model_type != plan.architecture:
+        raise RuntimeError(f"{plan.model} now holds a {model.config.model_type} model, the run was planned for "
+                           f"{plan.architecture}: the folder changed during the run")
+    return model.to(plan.torch_device).eval()
+
+
+def pad_id(tokenizer) -> int:
+    """The id padded positions get: the tokenizer's pad token, else EOS, else 0. Padded positions
+    are masked out of attention and never counted, so any id will do."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id or 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    rows: list[int]          # which sequences, in batch order
+    ids: torch.Tensor        # [B, T] int64 on the device, right-padded
+    attention: torch.Tensor  # [B, T] int64 on the device: 1 for real tokens
+    marks: torch.Tensor | None  # [B, T] int32 on the host: each token's mark, -1 for padding
+
+
+def padded_batches(seqs: Sequence[list[int]], budget: int, pad: int, device: torch.device,
+                   marks: Sequence[Sequence[int]] | None = None) -> Iterator[Batch]:
+    """Right-padded batches of `seqs` whose padded size fits `budget` tokens
+    (`tokens.batches_by_budget`: longest first, deterministic); `marks` (one int per token, e.g. a
+    token's language or -1 for a special token) are padded with -1 alongside."""
+    for rows in batches_by_budget([len(s) for s in seqs], budget):
+        width = max(len(seqs[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        out = None if marks is None else torch.full((len(rows), width), -1, dtype=torch.int32)
+        for r, i in enumerate(rows):
+            n = len(seqs[i])
+            ids[r, :n] = torch.tensor(seqs[i])
+            attn[r, :n] = 1
+            if out is not None:
+                out[r, :n] = torch.tensor(marks[i], dtype=torch.int32)
+        yield Batch(rows, ids.to(device, non_blocking=True), attn.to(device, non_blocking=True), out)
