@@ -24,7 +24,7 @@ from langneurons.config import ProfileConfig  # noqa: E402
 from langneurons.kernels import dispatch, reference, triton_fused  # noqa: E402
 from langneurons.kernels.reference import Accumulator  # noqa: E402
 from langneurons.profiler import fused, hooks  # noqa: E402
-from langneurons.profiler.architectures import UnsupportedArchitecture  # noqa: E402
+from langneurons.profiler.architectures import UnsupportedArchitecture, arch_spec  # noqa: E402
 from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
 from langneurons.store.schema import DEFAULT_EDGES, NEURON_VARS  # noqa: E402
 
@@ -144,7 +144,7 @@ def test_shadowed_forward_is_the_model_and_is_removed(arch, tmp_path):
     ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = model.base_model(input_ids=ids).last_hidden_state
-        mlps = fused.fusable_mlps(model, arch)
+        mlps = fused.fusable_mlps(model, arch_spec(arch))
         acc = Accumulator.zeros(1, len(mlps), mlps[0].down_proj.in_features, DEFAULT_EDGES, 0.0)
         state = hooks.HookState(acc, reference.accumulate_, compact=False,
                                 fuse=reference.silu_mul_accumulate_, site="gate")
@@ -247,7 +247,7 @@ def test_fused_mlp_refuses_a_non_silu_activation(tmp_path):
     cfg.hidden_act = "gelu"
     model = AutoModelForCausalLM.from_config(cfg)
     with pytest.raises(UnsupportedArchitecture, match="layer 0's activation is GELU"):
-        fused.fusable_mlps(model, "llama")
+        fused.fusable_mlps(model, arch_spec("llama"))
     with pytest.raises(ValueError, match="needs backend 'hf'"):
         ProfileConfig.from_flags(fused_mlp=True, backend="vllm")
 

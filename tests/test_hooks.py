@@ -14,6 +14,7 @@ from torch import nn
 from langneurons.kernels import reference
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import hooks, vllm_sites
+from langneurons.profiler.architectures import vllm_spec
 from langneurons.store.schema import DEFAULT_EDGES, NEURON_VARS
 
 D_FF, HIDDEN = 37, 16
@@ -82,7 +83,7 @@ def gelu_and_mul(x):
 
 
 def run(model, x, token_lang):
-    points, d = vllm_sites.vllm_site_modules(model, "llama", "gate", F.silu)
+    points, d = vllm_sites.vllm_site_modules(model, vllm_spec("llama"), "gate", F.silu)
     acc = Accumulator.zeros(2, len(points), d, DEFAULT_EDGES, 0.0)
     state = hooks.HookState(acc, reference.accumulate_, compact=False)
     state.set_token_lang(token_lang)
@@ -122,7 +123,7 @@ def test_gate_read_inside_the_op_counts_act_gate_once_and_leaves_the_output_and_
 def test_inactive_hooks_compute_the_op_without_reducing():
     model = Model(silu_and_mul)
     x = torch.randn(5, HIDDEN)
-    points, d = vllm_sites.vllm_site_modules(model, "llama", "gate", F.silu)
+    points, d = vllm_sites.vllm_site_modules(model, vllm_spec("llama"), "gate", F.silu)
     acc = Accumulator.zeros(1, 2, d, DEFAULT_EDGES, 0.0)
     state = hooks.HookState(acc, reference.accumulate_, compact=False)
     state.active = False

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from langneurons.config import ProfileConfig
 from langneurons.profiler import hooks, moe, moe_layout
-from langneurons.profiler.architectures import ARCHITECTURES, UnsupportedArchitecture
+from langneurons.profiler.architectures import ARCHITECTURES, UnsupportedArchitecture, arch_spec
 from langneurons.profiler.backends.hf import HFBackend
 from oracle import moe_oracle, reference_stats_numpy
 
@@ -118,23 +118,23 @@ def test_profiling_leaves_the_model_output_unchanged(models, arch):
     attn = (ids != 0).long()
     with torch.no_grad():
         want = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
-        layout = moe_layout.moe_layout(model, arch, expert_neurons=True)
+        layout = moe_layout.moe_layout(model, arch_spec(arch), expert_neurons=True)
         from langneurons.kernels.reference import Accumulator, accumulate_
         state = hooks.HookState(Accumulator.zeros(1, 2, max(layout.expert_d_ff, 1), (0.0,), 0.0), accumulate_,
                                 compact=False, site="down_in")
         macc = moe.MoeAccumulator.zeros(1, 2, layout.n_experts, 0.0, torch.device("cpu"), layout.expert_d_ff)
         state.set_batch(torch.where(attn.reshape(-1) > 0, 0, -1).int(), torch.device("cpu"))
-        with moe.installed(model, arch, state, macc):
+        with moe.installed(model, arch_spec(arch), state, macc):
             got = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state
         again = model.base_model(input_ids=ids, attention_mask=attn).last_hidden_state  # hooks removed
     assert torch.equal(got, want) and torch.equal(again, want)
     assert int(macc.n_routed.sum()) == len(layout.moe_layers) * TOP_K * int(attn.sum())
-    assert all("forward" not in vars(getattr(b, "experts")) for _, b in moe_layout.sparse_blocks(model, arch))
+    assert all("forward" not in vars(getattr(b, "experts")) for _, b in moe_layout.sparse_blocks(model, arch_spec(arch)))
     # a wrapper another library installed on an experts module (accelerate does) is put back
-    experts = moe_layout.sparse_blocks(model, arch)[0][1].experts
+    experts = moe_layout.sparse_blocks(model, arch_spec(arch))[0][1].experts
     wrapper = experts.forward
     experts.forward = wrapper
-    with moe.installed(model, arch, state, macc):
+    with moe.installed(model, arch_spec(arch), state, macc):
         assert experts.forward is not wrapper
     assert vars(experts)["forward"] is wrapper
 

@@ -70,6 +70,7 @@ class ArchSpec:
     # GGUF conversions), `tokens.bos_rule` adds it. Other families rely on what the tokenizer
     # declares (`add_bos_token`, a chat template opening with bos_token).
     bos: bool = False
+    name: str = ""       # the config.model_type it is the spec of (set from the table's key)
 
 
 _SOFTMAX_TOPK = "softmax over all experts (float32), top-k, top-k weights renormalised"
@@ -78,7 +79,7 @@ _QWEN_MOE = "softmax over all experts (float32), top-k, renormalised iff config.
 _LLAMA_LIKE = ArchSpec("model.layers", "mlp", "act_fn", "down_proj", True, "SiLU (config.hidden_act)",
                        fusable=True, vllm_gate_up="gate_up_proj")
 
-ARCHITECTURES: dict[str, ArchSpec] = {
+_TABLE: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": dataclasses.replace(_LLAMA_LIKE, bos=True),
     "qwen2": _LLAMA_LIKE,
@@ -123,6 +124,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "opt": ArchSpec("model.decoder.layers", "", "activation_fn", "fc2", False, "ReLU"),
     "xglm": ArchSpec("model.layers", "", "activation_fn", "fc2", False, "GELU"),
 }
+#: config.model_type -> its spec, named (functions taking a resolved spec name it in their errors)
+ARCHITECTURES: dict[str, ArchSpec] = {k: dataclasses.replace(v, name=k) for k, v in _TABLE.items()}
 
 
 def _runs_on_vllm(spec: ArchSpec) -> bool:

@@ -16,25 +16,24 @@ from typing import Iterator
 
 from torch import nn
 
-from langneurons.profiler.architectures import ARCHITECTURES, UnsupportedArchitecture, arch_spec, module_at
+from langneurons.profiler.architectures import ARCHITECTURES, ArchSpec, UnsupportedArchitecture, module_at
 from langneurons.profiler.hooks import HookState
 
 
 SILU_MODULES = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU modules
 
 
-def fusable_mlps(model: nn.Module, model_type: str) -> list[nn.Module]:
+def fusable_mlps(model: nn.Module, spec: ArchSpec) -> list[nn.Module]:
     """Each layer's MLP, for --fused-mlp: only MLPs known to compute
     down_proj(silu(gate_proj(x)) * up_proj(x)), which the fused kernel reproduces exactly."""
-    spec = arch_spec(model_type)
     fusable = sorted(k for k, v in ARCHITECTURES.items() if v.fusable)
     if spec.moe is not None:
         raise UnsupportedArchitecture(f"--fused-mlp covers dense SiLU-gated MLPs ({', '.join(fusable)}), not the "
-                                      f"experts of {model_type}. Drop --fused-mlp: the hooks profile it.")
+                                      f"experts of {spec.name}. Drop --fused-mlp: the hooks profile it.")
     if not spec.fusable:
         kind = f"a {spec.act_name.split(' (')[0]}-gated MLP" if spec.gated else "an ungated MLP"
         raise UnsupportedArchitecture(
-            f"--fused-mlp supports SiLU-gated MLPs ({', '.join(fusable)}); {model_type} has {kind}. "
+            f"--fused-mlp supports SiLU-gated MLPs ({', '.join(fusable)}); {spec.name} has {kind}. "
             "Drop --fused-mlp: the hooks profile it."
         )
     mlps = [module_at(block, spec.mlp) for block in module_at(model, spec.layers)]

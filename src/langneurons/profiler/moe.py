@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import architectures, moe_layout
+from langneurons.profiler import moe_layout
+from langneurons.profiler.architectures import ArchSpec
 from langneurons.profiler.hooks import HookState
 from langneurons.store.schema import EXPERT_VARS, ROUTING_VARS
 
@@ -131,13 +132,13 @@ def _expert_forward(experts: nn.Module, layer: int, state: HookState, macc: MoeA
 
 
 @contextmanager
-def installed(model: nn.Module, model_type: str, state: HookState, macc: MoeAccumulator) -> Iterator[None]:
+def installed(model: nn.Module, arch: ArchSpec, state: HookState, macc: MoeAccumulator) -> Iterator[None]:
     """Router hooks (and, with expert neurons, the experts' per-expert loop) for the duration of
     the block; always removed in `finally`."""
-    spec = architectures.arch_spec(model_type).moe
+    spec = arch.moe
     handles, shadowed = [], []
     try:
-        for layer, block in moe_layout.sparse_blocks(model, model_type):
+        for layer, block in moe_layout.sparse_blocks(model, arch):
             def hook(_m, _args, output, layer=layer):
                 if state.active:
                     state.check_batch()

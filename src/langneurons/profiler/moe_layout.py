@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from langneurons.profiler.architectures import UnsupportedArchitecture, arch_spec, module_at
+from langneurons.profiler.architectures import ArchSpec, UnsupportedArchitecture, module_at
 from langneurons.profiler.sites import dense_ffn
 
 
@@ -30,24 +30,22 @@ class MoeLayout:
                 "router": self.router, "shared_expert": self.shared_expert, "expert_neurons": self.expert_neurons}
 
 
-def sparse_blocks(model: nn.Module, model_type: str) -> list[tuple[int, nn.Module]]:
+def sparse_blocks(model: nn.Module, spec: ArchSpec) -> list[tuple[int, nn.Module]]:
     """(layer, sparse MLP block) of every layer that routes; [] for a dense model."""
-    spec = arch_spec(model_type)
     if spec.moe is None:
         return []
     blocks = [(i, module_at(b, spec.mlp)) for i, b in enumerate(module_at(model, spec.layers))]
     return [(i, m) for i, m in blocks if hasattr(m, spec.moe.router)]
 
 
-def moe_layout(model: nn.Module, model_type: str, *, expert_neurons: bool) -> MoeLayout | None:
+def moe_layout(model: nn.Module, spec: ArchSpec, *, expert_neurons: bool) -> MoeLayout | None:
     """The layout of a MoE model (None for a dense one), read from its modules (a meta-device
     model will do: only shapes and attributes are read)."""
-    spec = arch_spec(model_type)
-    sparse = sparse_blocks(model, model_type)
+    sparse = sparse_blocks(model, spec)
     if spec.moe is None:
         return None
     if not sparse:
-        raise UnsupportedArchitecture(f"{model_type}: no layer of this model has a router "
+        raise UnsupportedArchitecture(f"{spec.name}: no layer of this model has a router "
                                       f"({spec.moe.router!r}); its config builds a dense model")
     facts = set()
     for _, block in sparse:
@@ -56,7 +54,7 @@ def moe_layout(model: nn.Module, model_type: str, *, expert_neurons: bool) -> Mo
         f = down.shape[1] if getattr(experts, "is_transposed", False) else down.shape[2]
         facts.add((int(router.num_experts), int(router.top_k), int(f)))
     if len(facts) != 1:
-        raise UnsupportedArchitecture(f"{model_type}: sparse layers differ in (experts, top-k, expert width): "
+        raise UnsupportedArchitecture(f"{spec.name}: sparse layers differ in (experts, top-k, expert width): "
                                       f"{sorted(facts)}; one store holds one layout")
     (n_experts, top_k, f), = facts
     layers = module_at(model, spec.layers)

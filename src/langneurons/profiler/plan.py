@@ -152,8 +152,9 @@ def _resolved(cfg: ProfileConfig, mcfg, tok, m, fingerprint: str, tokenizer_fing
     b = cfg.backend
     bos = tokens.bos_rule(tok, mcfg, add=cfg.counting.add_bos)
     max_length = tokens.resolve_max_length(cfg.counting.max_length, tokens.position_limit(mcfg), b.name)
+    spec = arch_spec(mcfg.model_type)
     if b.fused_mlp:  # refused here, before a store exists, not in the workers
-        fused.fusable_mlps(m, mcfg.model_type)
+        fused.fusable_mlps(m, spec)
     device, dtype = devices.placement(b.device, b.dtype)
     # the kernel is resolved here where this process is like the workers' (in it, or on the CPU);
     # a GPU worker elsewhere resolves "auto" itself (Triton there, even if this node lacks it)
@@ -165,8 +166,8 @@ def _resolved(cfg: ProfileConfig, mcfg, tok, m, fingerprint: str, tokenizer_fing
     plan = ModelPlan(
         model=b.model, revision=b.revision, trust_remote_code=b.trust_remote_code, fingerprint=fingerprint,
         tokenizer_fingerprint=tokenizer_fingerprint, architecture=mcfg.model_type,
-        n_layers=sites.num_layers(m, mcfg.model_type), d_ff=sites.ffn_width(m, mcfg.model_type),
-        activation=activation_name(mcfg), moe=moe_layout.moe_layout(m, mcfg.model_type, expert_neurons=b.name == "hf"),
+        n_layers=sites.num_layers(m, spec), d_ff=sites.ffn_width(m, spec),
+        activation=activation_name(mcfg), moe=moe_layout.moe_layout(m, spec, expert_neurons=b.name == "hf"),
         max_length=max_length, bos=bos, backend=b.name, device=str(device), dtype=devices.dtype_name(dtype),
         kernel=kernel, fused_mlp=b.fused_mlp, tensor_parallel=b.tensor_parallel,
         gpu_memory_utilization=b.gpu_memory_utilization)

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from langneurons.profiler.architectures import ArchSpec, UnsupportedArchitecture, arch_spec, check_site, module_at
+from langneurons.profiler.architectures import ArchSpec, UnsupportedArchitecture, check_site, module_at
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,8 @@ class SiteModule:
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModule]:
+def site_modules(model: nn.Module, spec: ArchSpec, site: str) -> list[SiteModule]:
     """The module to hook for `site` in every layer, in layer order."""
-    spec = arch_spec(model_type)
     check_site(site)
     blocks = module_at(model, spec.layers)
     out = []
@@ -43,7 +42,7 @@ def site_modules(model: nn.Module, model_type: str, site: str) -> list[SiteModul
             out.append(SiteModule(i, module_at(mlp, spec.down), "input"))
         else:  # gate, or down_in of a plain MLP, which is the same tensor (dropout is off in eval)
             out.append(SiteModule(i, module_at(mlp, spec.act), "output"))
-    check_distinct(out, model_type, site)
+    check_distinct(out, spec, site)
     return out
 
 
@@ -56,17 +55,16 @@ def dense_ffn(spec: ArchSpec, mlp: nn.Module) -> nn.Module | None:
 
 
 
-def check_distinct(out: list[SiteModule], model_type: str, site: str) -> None:
+def check_distinct(out: list[SiteModule], spec: ArchSpec, site: str) -> None:
     if len({id(s.module) for s in out}) != len(out):
-        raise RuntimeError(f"{model_type}: layers share one {site} module, so hooks could not tell "
+        raise RuntimeError(f"{spec.name}: layers share one {site} module, so hooks could not tell "
                            "layers apart; this model build is not supported")
 
 
 
-def ffn_width(model: nn.Module, model_type: str) -> int:
+def ffn_width(model: nn.Module, spec: ArchSpec) -> int:
     """d_ff of the neuron variables, read from the dense FFNs' down projections (Linear or GPT-2's
     Conv1D); 0 for a MoE model without a dense FFN."""
-    spec = arch_spec(model_type)
     widths = {}
     for i, block in enumerate(module_at(model, spec.layers)):
         mlp = dense_ffn(spec, module_at(block, spec.mlp))
@@ -75,10 +73,10 @@ def ffn_width(model: nn.Module, model_type: str) -> int:
             # transformers Conv1D stores weight as [in, out]
             widths[i] = down.in_features if isinstance(down, nn.Linear) else int(down.weight.shape[0])
     if len(set(widths.values())) > 1:
-        raise UnsupportedArchitecture(f"{model_type}: the dense FFNs differ in width ({widths}: layer -> d_ff, "
+        raise UnsupportedArchitecture(f"{spec.name}: the dense FFNs differ in width ({widths}: layer -> d_ff, "
                                       "dense layers vs shared experts); one store holds one d_ff")
     return next(iter(widths.values()), 0)
 
 
-def num_layers(model: nn.Module, model_type: str) -> int:
-    return len(module_at(model, arch_spec(model_type).layers))
+def num_layers(model: nn.Module, spec: ArchSpec) -> int:
+    return len(module_at(model, spec.layers))

@@ -8,13 +8,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from langneurons.profiler.architectures import ArchSpec, check_site, module_at, vllm_spec
+from langneurons.profiler.architectures import ArchSpec, check_site, module_at
 from langneurons.profiler.sites import SiteModule, check_distinct
 
 
-def vllm_sparse_blocks(model: nn.Module, model_type: str) -> list[tuple[int, nn.Module]]:
+def vllm_sparse_blocks(model: nn.Module, spec: ArchSpec) -> list[tuple[int, nn.Module]]:
     """(layer, sparse block) of a vLLM MoE model's routing layers; [] for a dense model."""
-    spec = vllm_spec(model_type)
     if spec.moe is None:
         return []
     found = [(i, getattr(b, spec.moe.vllm_block, None)) for i, b in enumerate(module_at(model, spec.layers))]
@@ -33,7 +32,7 @@ def _vllm_dense(spec: ArchSpec, block: nn.Module) -> nn.Module | None:
     return getattr(mlp, spec.moe.shared) if spec.moe.shared else None
 
 
-def vllm_site_modules(model: nn.Module, model_type: str, site: str, act: Callable) -> tuple[list[SiteModule], int]:
+def vllm_site_modules(model: nn.Module, spec: ArchSpec, site: str, act: Callable) -> tuple[list[SiteModule], int]:
     """The hook points of a vLLM model on one tensor-parallel rank, and this rank's d_ff slice.
 
     `down_in` is the down projection's input. `gate` is act(gate) (`act`: the model config's
@@ -45,8 +44,8 @@ def vllm_site_modules(model: nn.Module, model_type: str, site: str, act: Callabl
     - else recomputed from the merged projection's output [gate | up] in the model's dtype (CUDA's
       fused kernel never materialises act(gate); Gemma 3 shares one op between its layers); the
       model's own op runs on the untouched output.
-    A MoE model's layers without a dense FFN have no hook point (d_ff 0 when none has one)."""
-    spec = vllm_spec(model_type)
+    A MoE model's layers without a dense FFN have no hook point (d_ff 0 when none has one).
+    `spec`: the architecture's, as `architectures.vllm_spec` gives it."""
     check_site(site)
     dense = [(i, m) for i, b in enumerate(module_at(model, spec.layers)) if (m := _vllm_dense(spec, b)) is not None]
     gate_up = spec.vllm_gate_up or "gate_up_proj"   # MoE models' dense FFNs: Llama-style MLPs
@@ -66,7 +65,7 @@ def vllm_site_modules(model: nn.Module, model_type: str, site: str, act: Callabl
             out.append(SiteModule(i, getattr(mlp, VLLM_ACT), "act_and_mul", act))
         else:
             out.append(SiteModule(i, module_at(mlp, gate_up), "output", gate))
-    check_distinct(out, model_type, site)
+    check_distinct(out, spec, site)
     return out, d_local
 
 

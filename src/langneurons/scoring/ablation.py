@@ -18,16 +18,17 @@ import torch
 import xarray as xr
 
 from langneurons.profiler import loader, sites
+from langneurons.profiler.architectures import ArchSpec
 from langneurons.profiler.plan import model_plan
 from langneurons.scoring.options import AblateConfig, LapeConfig
 
 
 @contextmanager
-def zeroed(model, model_type: str, site: str, neurons: dict[int, torch.Tensor]) -> Iterator[None]:
+def zeroed(model, spec: ArchSpec, site: str, neurons: dict[int, torch.Tensor]) -> Iterator[None]:
     """Zero neurons[layer] (index tensors) of `site` in every listed layer while inside the block."""
     handles = []
     try:
-        for s in sites.site_modules(model, model_type, site):
+        for s in sites.site_modules(model, spec, site):
             idx = neurons.get(s.layer)
             if idx is None or idx.numel() == 0:
                 continue
@@ -92,13 +93,13 @@ def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str
     plan = model_plan(ProfileConfig.from_flags(model=model_path, revision=revision, device=device, dtype=dtype,
                                                add_bos=add_bos, trust_remote_code=trust_remote_code))
     tok = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
-    model, dev, mt, bos = loader.load_model(plan), plan.torch_device, plan.architecture, plan.bos.prepend
+    model, dev, spec, bos = loader.load_model(plan), plan.torch_device, plan.spec, plan.bos.prepend
     langs = [str(x) for x in masks["language"].values]
     evals = list(heldout)
     base = np.array([perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals])
     ppl = np.zeros((len(langs), len(evals)))
     for a, lang in enumerate(langs):
-        with zeroed(model, mt, site, masks_to_indices(masks, lang)):
+        with zeroed(model, spec, site, masks_to_indices(masks, lang)):
             ppl[a] = [perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals]
     return xr.Dataset({"ppl": (("ablated", "evaluated"), ppl), "base": (("evaluated",), base),
                        "ratio": (("ablated", "evaluated"), ppl / base)},

@@ -37,20 +37,22 @@ class HFBackend:
         self.device = plan.torch_device
         self.tokenizer = tokenizer or loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
         self.model = model if model is not None else loader.load_model(plan)
-        arch = self.arch = plan.architecture
-        self.sites = sites.site_modules(self.model, arch, counting.site)
-        self.layout = moe_layout.moe_layout(self.model, arch, expert_neurons=True)
+        if self.model.config.model_type != plan.architecture:  # a model given in memory
+            raise ValueError(f"the model is a {self.model.config.model_type}, its plan says {plan.architecture}")
+        spec = self.spec = plan.spec
+        self.sites = sites.site_modules(self.model, spec, counting.site)
+        self.layout = moe_layout.moe_layout(self.model, spec, expert_neurons=True)
         self.bos, self.max_length = plan.bos, plan.max_length
         # what this process actually loaded (the parameters' dtype, not what was asked for)
-        self.info = describe(plan.model, plan.revision, arch, sites.num_layers(self.model, arch),
-                             sites.ffn_width(self.model, arch), dtype_name(next(self.model.parameters()).dtype),
+        self.info = describe(plan.model, plan.revision, plan.architecture, sites.num_layers(self.model, spec),
+                             sites.ffn_width(self.model, spec), dtype_name(next(self.model.parameters()).dtype),
                              bos=self.bos.record(), moe=self.layout,
                              fingerprint=plan.fingerprint if model is not None else None)
         self.acc = Accumulator.zeros(1, self.info.n_layers, self.info.d_ff, counting.bin_edges,
                                      counting.threshold, self.device)
         self.kernel = resolve(plan.kernel, self.device)  # the plan's, or "auto" resolved on this GPU worker
         # --fused-mlp: the MLPs whose forward the fused kernel stands in for (else hooks)
-        self.mlps = fused.fusable_mlps(self.model, arch) if plan.fused_mlp else None
+        self.mlps = fused.fusable_mlps(self.model, spec) if plan.fused_mlp else None
         if self.mlps and self.kernel == "triton":  # it may only stand in for the MLP if exact here
             from langneurons.kernels import triton_fused
             for act in {type(m.act_fn): m.act_fn for m in self.mlps}.values():
@@ -75,7 +77,7 @@ class HFBackend:
             stack.enter_context(installed)
             if self.moe is not None:
                 self.moe.zero_()
-                stack.enter_context(moe.installed(self.model, self.arch, self.state, self.moe))
+                stack.enter_context(moe.installed(self.model, self.spec, self.state, self.moe))
             marks = [[0 if c else -1 for c in counted] for counted in enc.counted]  # -1: not counted
             for batch in loader.padded_batches(enc.input_ids, self.counting.batch_tokens, self.pad_id, self.device,
                                                marks):

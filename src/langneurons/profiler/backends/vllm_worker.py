@@ -91,15 +91,16 @@ def install(model: nn.Module, model_type: str, site: str, threshold: float, edge
     if site == "gate" and act is None:
         raise ValueError("the model config names no MLP activation (hidden_act); the vLLM backend needs it to "
                          "compute the gate site: use --site down_in or --backend hf")
-    points, d_local = vllm_sites.vllm_site_modules(model, model_type, site, ACT2FN[act] if act else None)
-    n_layers = len(architectures.module_at(model, architectures.vllm_spec(model_type).layers))
+    spec = architectures.vllm_spec(model_type)
+    points, d_local = vllm_sites.vllm_site_modules(model, spec, site, ACT2FN[act] if act else None)
+    n_layers = len(architectures.module_at(model, spec.layers))
     param = next(model.parameters())
     chosen = resolve(kernel, param.device)
     acc = Accumulator.zeros(1, n_layers, d_local, edges, threshold, param.device)
     engine = _Engine(hooks.HookState(acc, get_accumulate(chosen, param.device), compact=False, site=site),
                      n_sites=len(points))
     engine.state.active = False
-    sparse = vllm_sites.vllm_sparse_blocks(model, model_type)
+    sparse = vllm_sites.vllm_sparse_blocks(model, spec)
     routing = None
     if sparse:
         first = sparse[0][1].experts
