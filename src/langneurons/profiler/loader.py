@@ -1,13 +1,17 @@
 """The one model loader: every command that loads weights in this process (the HF backend of
 `profile`, `ablate`, and the coming `steer`) loads them here, from a `plan.ModelPlan`, with the
 plan's trust_remote_code policy, dtype and device, and feeds them through `padded_batches`.
-(vLLM loads its own weights in its workers, from the same plan.)
+(vLLM loads its own weights in its workers, from the same plan.) A GGUF file is converted once
+into a model folder both backends load (`convert_gguf`: the demos').
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -16,6 +20,8 @@ from langneurons.profiler.tokens import batches_by_budget
 
 if TYPE_CHECKING:
     from langneurons.profiler.plan import ModelPlan
+
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(model: str, revision: str | None, trust_remote_code: bool):
@@ -44,6 +50,34 @@ def load_model(plan: ModelPlan) -> torch.nn.Module:
         raise RuntimeError(f"{plan.model} now holds a {model.config.model_type} model, the run was planned for "
                            f"{plan.architecture}: the folder changed during the run")
     return model.to(plan.torch_device).eval()
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Write the GGUF file's model to `out` as float32 safetensors with its tokenizer, once: the
+    folder is complete or absent (written beside it, then renamed), so an interrupted conversion is
+    redone. transformers loads GGUF (dequantising) but cannot save a GGUF-loaded model, so the
+    weights are copied into a fresh model of the same class, which is saved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gg = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = gg.config
+    if hasattr(config, "quantization_config"):  # the saved copy is plain float: say nothing of GGUF
+        del config.quantization_config
+    fresh = type(gg)(config)
+    missing, unexpected = fresh.load_state_dict(gg.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+        raise RuntimeError(f"converting {gguf}: missing {missing}, unexpected {unexpected}")
+    if missing:  # tied embeddings: lm_head shares the input embedding
+        fresh.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 def pad_id(tokenizer) -> int:
