@@ -35,7 +35,8 @@ class HFBackend:
         self.plan = plan = plan or model_plan(cfg.replace(backend="hf"))
         self.counting = counting = cfg.counting
         self.device = plan.torch_device
-        self.tokenizer = tokenizer or loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
+        self.tokenizer = tokenizer if tokenizer is not None else loader.load_tokenizer(plan.model, plan.revision,
+                                                                                     plan.trust_remote_code)
         self.model = model if model is not None else loader.load_model(plan)
         if self.model.config.model_type != plan.architecture:  # a model given in memory
             raise ValueError(f"the model is a {self.model.config.model_type}, its plan says {plan.architecture}")
