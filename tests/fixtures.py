@@ -139,6 +139,29 @@ def make_tiny_model(arch: str, path: Path, *, add_eos: bool = False, add_bos: bo
     return path
 
 
+def tiny_vllm(arch: str, path, add_eos=False, positions=512, d_ff=101, add_bos=True):
+    """A tiny `arch` model vLLM's CPU build runs: its attention wants head_dim 64 (and tensor
+    parallel 2 an even d_ff; 101 is prime)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "phi3": tf.Phi3Config, "cohere": tf.CohereConfig,
+           "gemma3_text": tf.Gemma3TextConfig}[arch]
+    extra = {"phi3": dict(original_max_position_embeddings=positions),
+             "gemma3_text": dict(hidden_activation="gelu_pytorch_tanh", sliding_window=4)}.get(arch, {})
+    cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
+              intermediate_size=d_ff, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+              head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False, **extra)
+    m = tf.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    m.save_pretrained(path)
+    make_tokenizer(add_eos=add_eos, add_bos=add_bos).save_pretrained(path)
+    return str(path)
+
+
 def write_corpus(d: Path, repeat: int = 3) -> str:
     """SENTENCES as a textdir corpus (each language's sentences `repeat` times) in folder `d`."""
     d.mkdir(parents=True, exist_ok=True)

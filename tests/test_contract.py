@@ -147,7 +147,7 @@ def test_worker_that_loaded_another_dtype_is_refused_in_process(model, corpus, t
 #: store -> scoring; the schema and the config are what every stage shares).
 LAYERS = {
     "langneurons.store.variables": 0, "langneurons.store.schema": 0, "langneurons.store.stats": 0,
-    "langneurons.options": 0,
+    "langneurons.options": 0, "langneurons.outdir": 0,
     "langneurons.config": 1,
     "langneurons.corpus": 2, "langneurons.shards": 2,
     "langneurons.kernels": 3,
@@ -156,7 +156,8 @@ LAYERS = {
     "langneurons.cluster": 6,
     "langneurons.run": 7,
     "langneurons.scoring": 8,
-    "langneurons.cli": 9,
+    "langneurons.steering": 9,
+    "langneurons.cli": 10,
 }
 
 

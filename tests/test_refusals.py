@@ -114,6 +114,16 @@ def world(tmp_path_factory) -> World:
     (root / "ragged" / "en.jsonl").write_text('{"text": "hello"}\n{"text": "dog"}\n', encoding="utf-8")
     (root / "ragged" / "fr.txt").write_text("bonjour\n", encoding="utf-8")
     (root / "slash.jsonl").write_text('{"en": "hi", "fr/x": "salut"}\n', encoding="utf-8")
+    # for steer: a store holding a language the language-ID model does not know, and mask files
+    (root / "klingon").mkdir()
+    for lang, sents in (("en", SENTENCES["en"]), ("tlh", ["nuqneH", "Qapla' batlh", "tlhIngan maH", "jIyajbe'"])):
+        (root / "klingon" / f"{lang}.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+    assert main(["profile", "--model", w.model, "--corpus", str(root / "klingon"), "--out", str(root / "store_tlh.zarr"),
+                 "--batch-tokens", "64", "--no-progress"]) == 0
+    import numpy as np
+
+    np.savez(root / "masks_no_ru.npz", en=np.array([[0, 1]]), fr=np.array([[0, 2]]))
+    np.savez(root / "masks_other.npz", en=np.array([[0, 1]]), ru=np.array([[1, 99]]))
     (root / "unknown.yaml").write_text("modle: x\n")
     (root / "nan.yaml").write_text("threshold: .nan\n")
     (root / "stringint.json").write_text('{"shard_size": "5"}')
@@ -170,6 +180,16 @@ class Case:
     command: str = "profile"
     cwd: str | None = None                     # world attribute to chdir into
     env: dict = field(default_factory=dict)
+
+
+def S(*extra: str | Callable[[World], str], store: str = "store__zarr") -> Callable[[World], list[str]]:
+    """steer args: the world's store, en -> ru on the corpus, a LAPE loose enough for a tiny model to
+    select neurons for both, a fresh --out, plus `extra` (callables get the world)."""
+    def build(w: World) -> list[str]:
+        args = [getattr(w, store), "--source", "en", "--target", "ru", "--prompts", w.corpus, "--top-rate", "0.5",
+                "--filter-rate", "0.5", "--activation-bar-ratio", "0.5", "--out", str(w.root / "new_steer")]
+        return args + [x(w) if callable(x) else x for x in extra]
+    return build
 
 
 def P(*extra: str | Callable[[World], str], out: str | None = NEW, model: str | None = "model",
@@ -321,6 +341,38 @@ CASES = [
     Case("ablate-out-overwrites-a-file", lambda w: [w.store__zarr, "--out", w.file__txt],
          ("--out", "file.txt", "choose a new file name"), command="ablate"),
     Case("ablate-foreign", lambda w: [w.home], ("home", "not a langneurons results store"), command="ablate"),
+    Case("steer-foreign", lambda w: [w.home, "--source", "en", "--target", "fr"], ("home", "not a langneurons results store"),
+         command="steer"),
+    Case("steer-no-target", lambda w: [w.store__zarr, "--source", "en"], ("--target is required",), command="steer"),
+    Case("steer-target-is-source", S("--target", "en"), ("--target en is the --source language",), command="steer"),
+    Case("steer-unknown-language", S("--target", "de"), ("--target de", "not a language of", "en, fr, ru"), command="steer"),
+    Case("steer-language-id-unknown", S("--target", "tlh", store="store_tlh__zarr"),
+         ("tlh", "language-ID model", "does not know", "it knows"), command="steer"),
+    Case("steer-empty-selection", S(lambda w: "--masks", lambda w: w.masks_no_ru__npz),
+         ("no neurons are selected for --target ru", "masks_no_ru.npz"), command="steer"),
+    Case("steer-masks-other-model", S(lambda w: "--masks", lambda w: w.masks_other__npz),
+         ("masks_other.npz", "neuron 99", "another model"), command="steer"),
+    Case("steer-layers-beyond", S("--layers", "5-9"), ("--layers 5-9", "steerable layers are 0-1"), command="steer"),
+    Case("steer-layers-reversed", S("--layers", "1-0"), ("--layers 1-0", "reversed"), command="steer"),
+    Case("steer-alpha-with-replace", S("--mode", "replace", "--alpha", "2"), ("--alpha", "--mode replace"), command="steer"),
+    Case("steer-weights-changed", S(lambda w: "--model", lambda w: w.one_byte),
+         ("one_byte", "not the one profiled", "--allow-model-mismatch"), command="steer"),
+    Case("steer-other-model", S(lambda w: "--model", lambda w: w.gpt2), ("gpt2", "not the one profiled"), command="steer"),
+    Case("steer-beyond-positions", S("--max-new-tokens", "500"), ("--max-new-tokens 500", "beyond the model's 128"),
+         command="steer"),
+    Case("steer-out-foreign", S(lambda w: "--out", lambda w: w.home), ("--out", "home", "folder of other files"),
+         command="steer"),
+    Case("steer-out-inside-a-store", S(lambda w: "--out", lambda w: str(w.root / "store.zarr" / "steer")),
+         ("store.zarr/steer", "inside the Zarr store", "outside it"), command="steer"),
+    Case("steer-out-a-link", S(lambda w: "--out", lambda w: w.link_to_home), ("link_to_home", "symbolic link"),
+         command="steer"),
+    Case("steer-experts-dense-store", S("--experts"), ("--experts", "dense llama model", "leave --experts out"),
+         command="steer"),
+    Case("steer-experts-vllm", S("--experts", "--backend", "vllm"), ("--experts", "--backend hf only"), command="steer"),
+    Case("steer-url-store-without-out", lambda w: ["memory://results/x.zarr", "--source", "en", "--target", "fr"],
+         ("memory://results/x.zarr is a URL", "give --out"), command="steer"),
+    Case("steer-out-a-report", S(lambda w: "--out", lambda w: str(w.root / "report_link")),
+         ("report_link", "folder of other files"), command="steer"),
 ]
 
 

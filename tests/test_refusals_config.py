@@ -91,15 +91,15 @@ def test_path_fields_are_expanded_and_urls_are_not(home, monkeypatch):
 ], ids=["score", "info", "ablate"])
 def test_other_commands_expand_their_paths(argv, dests, home, monkeypatch):
     from langneurons.options import given, specs_of
-    from langneurons.scoring.options import AblateConfig, ScoreConfig
+    from langneurons.scoring.options import AblateConfig, ProfiledModel, ScoreConfig
 
     monkeypatch.setenv("LN_DATA", str(home))
     args = build_parser().parse_args(argv)
     # the store argument is expanded by the parser, the options when their section is built
-    cls = {"score": ScoreConfig, "ablate": AblateConfig}.get(argv[0])
-    options = cls(**given(args, specs_of(cls))) if cls else None
+    sections = {"score": (ScoreConfig,), "ablate": (AblateConfig, ProfiledModel)}.get(argv[0], ())
+    options = [cls(**given(args, specs_of(cls))) for cls in sections]
     for d in dests:
-        v = getattr(args, d) if d == "results" else getattr(options, d)
+        v = getattr(args, d) if d == "results" else next(getattr(o, d) for o in options if hasattr(o, d))
         assert v.startswith(f"{home}/"), (d, v)
 
 

@@ -176,15 +176,17 @@ def test_cli_surface_is_pinned():
     from langneurons.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices
-    assert set(sub) == {"profile", "score", "info", "ablate"}
+    assert set(sub) == {"profile", "score", "info", "ablate", "steer"}
     flags = {o for a in sub["profile"]._actions for o in a.option_strings}
     for name in ProfileConfig.field_names():
         assert "--" + name.replace("_", "-") in flags
-    # score and ablate: exactly their declared sections (scoring/options.py), LAPE's shared by both
+    # score, ablate and steer: exactly their declared sections, LAPE's and the profiled model's shared
     from langneurons.options import specs_of
-    from langneurons.scoring.options import AblateConfig, LapeConfig, ScoreConfig
+    from langneurons.scoring.options import AblateConfig, LapeConfig, ProfiledModel, ScoreConfig
+    from langneurons.steering.options import SteerConfig
 
-    for command, sections in (("score", (ScoreConfig, LapeConfig)), ("ablate", (AblateConfig, LapeConfig))):
+    for command, sections in (("score", (ScoreConfig, LapeConfig)), ("ablate", (AblateConfig, LapeConfig, ProfiledModel)),
+                              ("steer", (SteerConfig, LapeConfig, ProfiledModel))):
         got = {o for a in sub[command]._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
         want = {s.option for cls in sections for s in specs_of(cls)}
         want |= {"--no-" + o[2:] for cls in sections for s in specs_of(cls) if s.base is bool for o in [s.option]}

@@ -99,8 +99,9 @@ def test_ablation_changes_only_what_it_zeroes(tmp_path):
     from fixtures import SENTENCES, make_tiny_model
 
     from langneurons.scoring.ablation import ablate, diagonal_report
+    from langneurons.scoring.profiled import load_at
 
-    path = str(make_tiny_model("llama", tmp_path / "m"))
+    path = load_at(str(make_tiny_model("llama", tmp_path / "m")))
     m = masks({"en": [(layer, n) for layer in range(2) for n in range(37)], "fr": []}, L=2, F=37)
     res = ablate(path, m, {"en": SENTENCES["en"], "fr": SENTENCES["fr"]}, site="gate")
     assert (res["ratio"].sel(ablated="fr").values == 1.0).all()       # nothing zeroed: identical

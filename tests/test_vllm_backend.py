@@ -16,6 +16,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 from fixtures import SENTENCES, make_tokenizer  # noqa: E402
+from fixtures import tiny_vllm as tiny  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from langneurons.config import ProfileConfig  # noqa: E402
@@ -23,28 +24,6 @@ from langneurons.profiler.backends.hf import HFBackend  # noqa: E402
 from langneurons.profiler.backends.vllm import VLLMBackend  # noqa: E402
 
 SENTS = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
-
-
-def tiny(arch: str, path, add_eos=False, positions=512, d_ff=101, add_bos=True):
-    """vLLM's CPU attention wants head_dim 64; d_ff 101 is prime (tensor parallel needs it even)."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "phi3": tf.Phi3Config, "cohere": tf.CohereConfig,
-           "gemma3_text": tf.Gemma3TextConfig}[arch]
-    extra = {"phi3": dict(original_max_position_embeddings=positions),
-             "gemma3_text": dict(hidden_activation="gelu_pytorch_tanh", sliding_window=4)}.get(arch, {})
-    cfg = cls(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0, hidden_size=128,
-              intermediate_size=d_ff, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-              head_dim=64, max_position_embeddings=positions, tie_word_embeddings=False, **extra)
-    m = tf.AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(8.0)
-    m.save_pretrained(path)
-    make_tokenizer(add_eos=add_eos, add_bos=add_bos).save_pretrained(path)
-    return str(path)
 
 
 def cfg(model, **kw):

@@ -4,6 +4,7 @@
     langneurons score RESULTS [--plot] [--out DIR]
     langneurons info RESULTS [--verify]
     langneurons ablate RESULTS [--heldout CORPUS]
+    langneurons steer RESULTS --source L --target T[,T2,...] [--prompts CORPUS] [--out DIR]
 
 Exit status: 0 on success; 2 on any error (one line on stderr naming the flag, file or array and
 what to do), including `info --verify` finding damage; 130 when interrupted.
@@ -19,7 +20,8 @@ import sys
 
 from langneurons.config import SPECS, ProfileConfig, expand_path
 from langneurons.options import add_args, given, specs_of
-from langneurons.scoring.options import AblateConfig, LapeConfig, ScoreConfig
+from langneurons.scoring.options import AblateConfig, LapeConfig, ProfiledModel, ScoreConfig
+from langneurons.steering.options import SteerConfig
 from langneurons.store.lock import lock_file_unlisted
 
 
@@ -73,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("ablate", help="zero each language's neurons and measure perplexity on held-out text")
     a.add_argument("results", type=_path)
-    add_args(a, specs_of(AblateConfig) + specs_of(LapeConfig))
+    add_args(a, specs_of(AblateConfig) + specs_of(LapeConfig) + specs_of(ProfiledModel))
+
+    t = sub.add_parser("steer", help="generate with a language's neurons deactivated and another's activated; "
+                                     "judge the output language against a baseline and a random-neuron control")
+    t.add_argument("results", type=_path)
+    add_args(t, specs_of(SteerConfig) + specs_of(LapeConfig) + specs_of(ProfiledModel))
 
     return ap
 
@@ -192,11 +199,23 @@ def cmd_ablate(args) -> int:
     from langneurons.scoring.ablation import ablate_report
 
     print(ablate_report(args.results, AblateConfig(**given(args, specs_of(AblateConfig))),
-                        LapeConfig(**given(args, specs_of(LapeConfig)))))
+                        LapeConfig(**given(args, specs_of(LapeConfig))),
+                        ProfiledModel(**given(args, specs_of(ProfiledModel)))))
     return 0
 
 
-_COMMANDS = {"profile": cmd_profile, "score": cmd_score, "info": cmd_info, "ablate": cmd_ablate}
+@lock_file_unlisted()
+def cmd_steer(args) -> int:
+    from langneurons.steering.steer import steer
+
+    res = steer(args.results, SteerConfig(**given(args, specs_of(SteerConfig))),
+                LapeConfig(**given(args, specs_of(LapeConfig))), ProfiledModel(**given(args, specs_of(ProfiledModel))))
+    print(res.text)
+    print(f"wrote {res.out}: {', '.join(p.name for p in sorted(res.out.iterdir()) if not p.name.startswith('.'))}")
+    return 0
+
+
+_COMMANDS = {"profile": cmd_profile, "score": cmd_score, "info": cmd_info, "ablate": cmd_ablate, "steer": cmd_steer}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,8 +44,12 @@ def load_model(plan: ModelPlan) -> torch.nn.Module:
     plan's (a model folder replaced since the plan was made is refused)."""
     from transformers import AutoModelForCausalLM
 
+    # a MoE model runs its experts with transformers' eager per-expert loop: the computation the
+    # profile counted (profiler/moe.py), and one that runs on every device and any expert width
+    # (the grouped-matmul default needs 16-byte-aligned strides)
+    extra = {"experts_implementation": "eager"} if plan.moe is not None else {}
     model = AutoModelForCausalLM.from_pretrained(plan.model, revision=plan.revision, dtype=plan.torch_dtype,
-                                                 trust_remote_code=plan.trust_remote_code)
+                                                 trust_remote_code=plan.trust_remote_code, **extra)
     if model.config.model_type != plan.architecture:
         raise RuntimeError(f"{plan.model} now holds a {model.config.model_type} model, the run was planned for "
                            f"{plan.architecture}: the folder changed during the run")

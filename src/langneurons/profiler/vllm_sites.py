@@ -47,9 +47,8 @@ def vllm_site_modules(model: nn.Module, spec: ArchSpec, site: str, act: Callable
     A MoE model's layers without a dense FFN have no hook point (d_ff 0 when none has one).
     `spec`: the architecture's, as `architectures.vllm_spec` gives it."""
     check_site(site)
-    dense = [(i, m) for i, b in enumerate(module_at(model, spec.layers)) if (m := _vllm_dense(spec, b)) is not None]
-    gate_up = spec.vllm_gate_up or "gate_up_proj"   # MoE models' dense FFNs: Llama-style MLPs
-    d_local = int(module_at(dense[0][1], spec.down).input_size_per_partition) if dense else 0
+    dense, d_local = vllm_dense_mlps(model, spec)
+    gate_up = vllm_gate_up(spec)
 
     def gate(out):
         y = out[0] if isinstance(out, tuple) else out          # vLLM linears return (y, bias)
@@ -67,6 +66,17 @@ def vllm_site_modules(model: nn.Module, spec: ArchSpec, site: str, act: Callable
             out.append(SiteModule(i, module_at(mlp, gate_up), "output", gate))
     check_distinct(out, spec, site)
     return out, d_local
+
+
+def vllm_dense_mlps(model: nn.Module, spec: ArchSpec) -> tuple[list[tuple[int, nn.Module]], int]:
+    """(layer, dense FFN) of every layer that has one, and this rank's slice of d_ff (0: none)."""
+    dense = [(i, m) for i, b in enumerate(module_at(model, spec.layers)) if (m := _vllm_dense(spec, b)) is not None]
+    return dense, int(module_at(dense[0][1], spec.down).input_size_per_partition) if dense else 0
+
+
+def vllm_gate_up(spec: ArchSpec) -> str:
+    """The merged [gate | up] projection's name (MoE models' dense FFNs: Llama-style MLPs)."""
+    return spec.vllm_gate_up or "gate_up_proj"
 
 
 VLLM_ACT = "act_fn"  # vLLM's name for the activation module of every MLP it runs here

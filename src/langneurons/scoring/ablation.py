@@ -19,8 +19,8 @@ import xarray as xr
 
 from langneurons.profiler import loader, sites
 from langneurons.profiler.architectures import ArchSpec
-from langneurons.profiler.plan import model_plan
-from langneurons.scoring.options import AblateConfig, LapeConfig
+from langneurons.scoring.options import AblateConfig, LapeConfig, ProfiledModel
+from langneurons.scoring.profiled import Profiled, load_profiled
 
 
 @contextmanager
@@ -79,27 +79,20 @@ def masks_to_indices(masks: xr.DataArray, language) -> dict[int, torch.Tensor]:
             for i, layer in enumerate(m["layer"].values)}
 
 
-def ablate(model_path: str, masks: xr.DataArray, heldout: dict[str, Sequence[str]], *, site: str = "gate",
-           device: str = "auto", dtype: str = "float32", revision: str | None = None, add_bos: bool = True,
-           trust_remote_code: bool = False) -> xr.Dataset:
-    """Perplexity of every held-out language with each language's neurons zeroed. The model is
-    planned and loaded as `profile` does (`plan.model_plan`, `loader.load_model`), so sequences
-    open as the profile's did (the BOS rule, `add_bos` as the store's config has it).
+def ablate(loaded: Profiled, masks: xr.DataArray, heldout: dict[str, Sequence[str]], *, site: str = "gate") -> xr.Dataset:
+    """Perplexity of every held-out language with each language's neurons zeroed, on the model as
+    `profile` ran it (`scoring.profiled`: sequences open with the profile's BOS rule).
 
     Returns `ppl[ablated, evaluated]`, `base[evaluated]` and `ratio = ppl / base`.
     """
-    from langneurons.config import ProfileConfig
-
-    plan = model_plan(ProfileConfig.from_flags(model=model_path, revision=revision, device=device, dtype=dtype,
-                                               add_bos=add_bos, trust_remote_code=trust_remote_code))
-    tok = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
-    model, dev, spec, bos = loader.load_model(plan), plan.torch_device, plan.spec, plan.bos.prepend
+    model, tok, plan = loaded.model, loaded.tokenizer, loaded.plan
+    dev, bos = plan.torch_device, plan.bos.prepend
     langs = [str(x) for x in masks["language"].values]
     evals = list(heldout)
     base = np.array([perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals])
     ppl = np.zeros((len(langs), len(evals)))
     for a, lang in enumerate(langs):
-        with zeroed(model, spec, site, masks_to_indices(masks, lang)):
+        with zeroed(model, plan.spec, site, masks_to_indices(masks, lang)):
             ppl[a] = [perplexity(model, tok, heldout[e], dev, bos=bos) for e in evals]
     return xr.Dataset({"ppl": (("ablated", "evaluated"), ppl), "base": (("evaluated",), base),
                        "ratio": (("ablated", "evaluated"), ppl / base)},
@@ -125,47 +118,14 @@ def diagonal_report(res: xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def check_model(ds_attrs: dict, model: str | None, *, allow_mismatch: bool = False) -> str:
-    """The model to ablate: `model` or the stored path, whose weights must be the profiled ones
-    (same fingerprint and revision), and its tokenizer too, unless `allow_mismatch`."""
-    from langneurons.profiler.checkpoint import tokenizer_fingerprint, weights_fingerprint
-
-    path = model or ds_attrs.get("model")
-    if not path:
-        raise ValueError("the results do not name their model; pass --model")
-    revision = ds_attrs.get("revision")
-    if str(ds_attrs.get("model_fingerprint", "")).startswith("sha256:") and not Path(path).is_dir():
-        raise FileNotFoundError(f"the profiled model was the local folder {ds_attrs.get('model')}, and {path} "
-                                "is no such folder; pass the model's folder with --model")
-    try:
-        fp = weights_fingerprint(path, revision)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}; if the model moved, pass its folder with --model") from None
-    if fp != ds_attrs.get("model_fingerprint") and not allow_mismatch:
-        if (ds_attrs.get("schema_version") or 0) < 5 and fp.startswith("sha256:"):
-            raise ValueError(f"{ds_attrs.get('model')}: the store was written by an earlier langneurons, whose "
-                             "fingerprint read only part of the weight files, so this langneurons cannot prove the "
-                             "weights are the ones profiled. Re-profile, or pass --allow-model-mismatch if you "
-                             "know they are")
-        raise ValueError(f"the model at {path} (fingerprint {fp[:19]}..., revision {revision}) is not the one "
-                         f"profiled (fingerprint {str(ds_attrs.get('model_fingerprint'))[:19]}...): its weights "
-                         "changed, so the neurons would not be the ones selected. Pass the profiled model "
-                         "with --model, or --allow-model-mismatch to ablate anyway")
-    stored_tok = ds_attrs.get("tokenizer_fingerprint")
-    if stored_tok and tokenizer_fingerprint(path, revision) != stored_tok and not allow_mismatch:
-        raise ValueError(f"the tokenizer at {path} is not the one profiled (its files changed): the held-out text "
-                         "would be split into other tokens than the ones counted. Pass the profiled model with "
-                         "--model, or --allow-model-mismatch to ablate anyway")
-    return path
-
-
-def ablate_report(results: str, options: AblateConfig = AblateConfig(), cfg: LapeConfig = LapeConfig()) -> str:
+def ablate_report(results: str, options: AblateConfig = AblateConfig(), cfg: LapeConfig = LapeConfig(),
+                  choice: ProfiledModel = ProfiledModel()) -> str:
     """What `langneurons ablate` prints: LAPE masks from the store, perplexity matrix on held-out text."""
     from langneurons.corpus import demo_corpus_path, load_corpus
     from langneurons.scoring.lape import firing_probability, lape
     from langneurons.store.reader import open_results
 
-    heldout, max_sentences, device, out = options.heldout, options.max_sentences, options.device, options.out
+    heldout, max_sentences, out = options.heldout, options.max_sentences, options.out
 
     if out and Path(out).is_symlink():
         raise ValueError(f"--out {out} is a symbolic link; the table would be written wherever it points: "
@@ -182,17 +142,15 @@ def ablate_report(results: str, options: AblateConfig = AblateConfig(), cfg: Lap
                              "model has none (every layer routes its tokens to experts); ablating experts is not "
                              "supported yet: see `langneurons score` for its language-specific experts")
         ds = ds.isel(layer=list(moe["dense_layers"]))
-    model_path = check_model(ds.attrs, options.model, allow_mismatch=options.allow_model_mismatch)
     langs = [str(x) for x in ds["language"].values]
     if heldout is None:  # the bundled corpus holds rows 500-599 out of the demo profile
         corpus = load_corpus(demo_corpus_path(), languages=langs, start=500, max_sentences=max_sentences)
     else:
         corpus = load_corpus(heldout, languages=langs, max_sentences=max_sentences)
     masks = lape(firing_probability(ds), cfg).masks
-    res = ablate(model_path, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
-                 site=ds.attrs.get("site", "gate"), device=device, revision=ds.attrs.get("revision"),
-                 add_bos=(ds.attrs.get("config") or {}).get("add_bos", True),
-                 trust_remote_code=options.trust_remote_code)
+    loaded = load_profiled(ds.attrs, choice)
+    res = ablate(loaded, masks, {lang: list(corpus.sentences[lang]) for lang in langs},
+                 site=ds.attrs.get("site", "gate"))
     if out:
         res["ratio"].to_pandas().to_csv(out)
     return diagonal_report(res)

@@ -1,4 +1,4 @@
-"""The options of `score` and `ablate`, declared once like `profile`'s (`options.opt`): the CLI is
+"""The options of `score`, `ablate` and the profiled model they (and `steer`) load again, declared once like `profile`'s (`options.opt`): the CLI is
 generated from these sections, and the library functions take them, so each default lives here.
 """
 
@@ -46,20 +46,30 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ProfiledModel:
+    """The profiled model, loaded again by `ablate` and `steer`: the store names it, and its weights
+    and tokenizer must be the ones profiled (`scoring.profiled.check_model`)."""
+
+    model: str | None = opt(None, "The profiled model's folder, if it moved (default: the path stored in "
+                                  "the results).", path="one")
+    allow_model_mismatch: bool = opt(False, "Go on even if the model's weights or tokenizer differ from the "
+                                            "profiled ones.")
+    trust_remote_code: bool = opt(False, "Allow the model's own code from the hub, as for profile (off unless "
+                                         "you ask for it).")
+    device: str = opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
+
+    def __post_init__(self) -> None:
+        check_section(self)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AblateConfig:
     """`langneurons ablate STORE`: zero each language's LAPE neurons, measure held-out perplexity."""
 
     heldout: str | None = opt(None, "Corpus of held-out sentences (default: rows 500-599 of the bundled "
                                     "demo corpus).", path="one")
     max_sentences: int = opt(100, "Held-out sentences per language.", min=1)
-    device: str = opt("auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     out: str | None = opt(None, "Write the perplexity-ratio matrix as CSV here.", path="one")
-    model: str | None = opt(None, "The profiled model's folder, if it moved (default: the path stored in "
-                                  "the results).", path="one")
-    allow_model_mismatch: bool = opt(False, "Ablate even if the model's weights or tokenizer differ from the "
-                                            "profiled ones.")
-    trust_remote_code: bool = opt(False, "Allow the model's own code from the hub, as for profile (off unless "
-                                         "you ask for it).")
 
     def __post_init__(self) -> None:
         check_section(self)

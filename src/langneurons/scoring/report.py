@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import xarray as xr
 
+from langneurons import outdir
 from langneurons.scoring.flatness import flatness, flatness_curves
 from langneurons.scoring.lape import LapeConfig, LapeResult, firing_probability, lape
 from langneurons.scoring.options import ScoreConfig
@@ -28,21 +28,9 @@ def default_report_dir(results: str) -> str:
 
 def prepare_report_dir(d: Path) -> None:
     """Plots and exports go into a new or empty folder, or into an earlier report (it holds
-    REPORT_MARKER): never among other files, which they could overwrite."""
-    if d.exists() and not d.is_dir():
-        raise ValueError(f"--out {d} is a file: give a folder for the report's plots and exports")
-    marker = d / REPORT_MARKER
-    if d.is_dir() and any(d.iterdir()) and not (marker.is_file() and not marker.is_symlink()):
-        raise ValueError(f"--out {d} is a folder of other files; `score` writes plots and exports only into "
-                         "a new folder, an empty one, or an earlier report: choose another --out")
-    # An earlier report holds only the plain files `score` wrote: a link there would make the
-    # rewrite land wherever it points (a folder, someone's file elsewhere)
-    odd = sorted(p.name for p in d.iterdir() if p.is_symlink() or not p.is_file()) if d.is_dir() else []
-    if odd:
-        raise ValueError(f"--out {d} is an earlier report but also holds {', '.join(odd[:5])} (a link or a folder, "
-                         "which `score` never writes); nothing was written: move those out, or choose another --out")
-    d.mkdir(parents=True, exist_ok=True)
-    (d / REPORT_MARKER).write_text(json.dumps({"written_by": "langneurons score"}) + "\n")
+    REPORT_MARKER): never among other files, which they could overwrite (`outdir`)."""
+    outdir.check(d, REPORT_MARKER, "score")
+    outdir.claim(d, REPORT_MARKER, "score")
 
 
 def per_layer_table(result: LapeResult) -> str:

@@ -136,6 +136,38 @@ def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
     return patterns.pop() if patterns else (0, 0)
 
 
+def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens: int):
+    """A vLLM engine for the plan's model, as langneurons' hooks need it (the module docstring):
+    eager, prefix caching off (checked in the engine's resulting config), chunked prefill off,
+    tensor-parallel ranks in processes on this node. Its processes start with insecure
+    serialization allowed, so `apply_model` can ship hook functions to them."""
+    vllm = _import_vllm()
+    tp = plan.tensor_parallel
+    with insecure_serialization(), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
+        # the engine's processes start here, and keep both settings
+        llm = vllm.LLM(
+            model=plan.model, tokenizer=plan.model, revision=plan.revision, dtype=plan.dtype,
+            trust_remote_code=plan.trust_remote_code, tensor_parallel_size=tp,
+            distributed_executor_backend="mp" if tp > 1 else None,
+            gpu_memory_utilization=plan.gpu_memory_utilization,
+            enable_prefix_caching=False, enable_chunked_prefill=False,
+            max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max(1, min(256, max_num_batched_tokens)),
+            enforce_eager=True, compilation_config={"mode": 0}, seed=0,
+        )
+    if llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
+        raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens (counts would be "
+                           "missing, a steered run would reuse unsteered keys). Refusing to go on")
+    return llm
+
+
+def apply_in_workers(llm, fn) -> list:
+    """`fn(model)` run in every rank of `llm` (vLLM's `apply_model`), its results in rank order.
+    `fn` must be importable by reference (a module-level function or a partial of one)."""
+    with insecure_serialization():
+        return llm.apply_model(fn)
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -148,24 +180,8 @@ class VLLMBackend:
         self.tokenizer = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
         self.bos, self.max_length = plan.bos, plan.max_length
         budget = max(self.counting.batch_tokens, self.max_length)
-        tp = plan.tensor_parallel
-        with insecure_serialization(), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
-            # the engine's processes start here, and keep both settings
-            self.llm = vllm.LLM(
-                model=plan.model, tokenizer=plan.model, revision=plan.revision, dtype=plan.dtype,
-                trust_remote_code=plan.trust_remote_code, tensor_parallel_size=tp,
-                distributed_executor_backend="mp" if tp > 1 else None,
-                gpu_memory_utilization=plan.gpu_memory_utilization,
-                enable_prefix_caching=False, enable_chunked_prefill=False,
-                # the prompt may use every position but one: vLLM needs a position for the sampled token
-                max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
-                max_num_seqs=max(1, min(256, budget)),
-                enforce_eager=True, compilation_config={"mode": 0}, seed=0,
-            )
-        cache = self.llm.llm_engine.vllm_config.cache_config
-        if cache.enable_prefix_caching:
-            raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens and would "
-                               "corrupt the counts. Refusing to profile")
+        # the prompt may use every position but one: vLLM needs a position for the sampled token
+        self.llm = start_engine(plan, max_model_len=self.max_length + 1, max_num_batched_tokens=budget)
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
         ranks = self._install(self.counting)
         # what the workers actually loaded, as they report it
@@ -213,10 +229,8 @@ class VLLMBackend:
         return layout
 
     def apply(self, fn) -> list:
-        """`fn(model)` run in every rank (vLLM's `apply_model`), its results in rank order. `fn`
-        must be importable by reference (a module-level function or a partial of one)."""
-        with insecure_serialization():
-            return self.llm.apply_model(fn)
+        """`fn(model)` run in every rank (`apply_in_workers`)."""
+        return apply_in_workers(self.llm, fn)
 
     @contextlib.contextmanager
     def hooks_removed(self) -> Iterator[None]:

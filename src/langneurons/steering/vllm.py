@@ -1,0 +1,84 @@
+"""Generation and fluency on the vLLM backend: one engine (`profiler.backends.vllm.start_engine`:
+eager, prefix caching off), the interventions installed in every rank before each condition's
+generation and removed after it (`steering.vllm_worker`), and the check that every forward pass
+of every rank ran every steered layer's hook.
+
+Prompts go in as token ids (`TokensPrompt`), as the HF backend feeds them (the BOS rule applied);
+vLLM schedules them itself, so --batch-size does not apply. Sampling is greedy at temperature 0,
+else plain temperature sampling (no top-k, top-p 1) seeded per request with --seed. Fluency is
+the unsteered engine's log-probability of each output token (`prompt_logprobs` over prompt +
+output).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from langneurons.profiler.backends.vllm import apply_in_workers, start_engine
+from langneurons.steering import vllm_worker
+from langneurons.steering.generate import Decoding, cut, stop_ids
+from langneurons.steering.neurons import ROUTER
+
+
+class VLLMGenerator:
+    def __init__(self, loaded, site: str):
+        plan = loaded.plan
+        self.plan, self.site, self.tokenizer = plan, site, loaded.tokenizer
+        self.stops = stop_ids(plan, loaded.tokenizer)
+        # a position for every prompt token and every generated one, plus the one vLLM samples into
+        self.llm = start_engine(plan, max_model_len=plan.max_length + 1,
+                                max_num_batched_tokens=max(4096, plan.max_length + 1))
+
+    def _ops(self, table) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return {int(layer): (g["neuron"].to_numpy(np.int64), g["scale"].to_numpy(np.float64),
+                             g["shift"].to_numpy(np.float64)) for layer, g in table.groupby("layer")}
+
+    def generate(self, table, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if (table["site"] == ROUTER).any():
+            raise ValueError("--experts steers routing on --backend hf only")
+        install = functools.partial(vllm_worker.install, model_type=self.plan.architecture, site=self.site,
+                                    act=self.plan.activation, ops=self._ops(table))
+        ranks = apply_in_workers(self.llm, install)
+        if sum(r.n_ops for r in ranks) != len(table):
+            raise RuntimeError(f"the vLLM ranks installed {sum(r.n_ops for r in ranks)} operations of {len(table)}: "
+                               "their slices of d_ff do not cover the model's neurons")
+        sample = decoding.temperature > 0
+        params = SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature if sample else 0.0,
+                                top_k=0, top_p=1.0, seed=decoding.seed if sample else None,
+                                stop_token_ids=self.stops, detokenize=False)
+        try:
+            res = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            counts = apply_in_workers(self.llm, vllm_worker.applied)
+        finally:
+            apply_in_workers(self.llm, vllm_worker.uninstall)
+        for rank, c in enumerate(counts):
+            if c.n_applied != c.passes * c.n_layers:
+                raise RuntimeError(f"vLLM rank {rank} ran {c.passes} forward passes, but its steered layers applied "
+                                   f"their operations {c.n_applied} times, not {c.passes} x {c.n_layers}: a pass "
+                                   "bypassed a hooked module, so some tokens were generated unsteered. Please report "
+                                   "the model and vLLM version; --backend hf steers it")
+        return [cut(r.outputs[0].token_ids, self.stops) for r in res]
+
+    def mean_logprob(self, prompts: list[list[int]], outputs: list[list[int]]) -> np.ndarray:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        res = np.full(len(prompts), np.nan)
+        keep = [i for i, o in enumerate(outputs) if o]
+        if not keep:
+            return res
+        got = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i] + outputs[i]) for i in keep],
+                                SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False),
+                                use_tqdm=False)
+        for i, r in zip(keep, got):
+            n_p, seq = len(prompts[i]), prompts[i] + outputs[i]
+            res[i] = float(np.mean([r.prompt_logprobs[t][seq[t]].logprob for t in range(n_p, len(seq))]))
+        return res
+
+    def close(self) -> None:
+        del self.llm
