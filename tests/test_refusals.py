@@ -124,6 +124,7 @@ def world(tmp_path_factory) -> World:
 
     np.savez(root / "masks_no_ru.npz", en=np.array([[0, 1]]), fr=np.array([[0, 2]]))
     np.savez(root / "masks_other.npz", en=np.array([[0, 1]]), ru=np.array([[1, 99]]))
+    (root / "corrupt_masks.pt").write_bytes(b"not a torch file\n")
     (root / "unknown.yaml").write_text("modle: x\n")
     (root / "nan.yaml").write_text("threshold: .nan\n")
     (root / "stringint.json").write_text('{"shard_size": "5"}')
@@ -352,6 +353,8 @@ CASES = [
          ("no neurons are selected for --target ru", "masks_no_ru.npz"), command="steer"),
     Case("steer-masks-other-model", S(lambda w: "--masks", lambda w: w.masks_other__npz),
          ("masks_other.npz", "neuron 99", "another model"), command="steer"),
+    Case("steer-masks-not-masks", S(lambda w: "--masks", lambda w: w.corrupt_masks__pt),
+         ("corrupt_masks.pt", "cannot be read", "score --export"), command="steer"),
     Case("steer-layers-beyond", S("--layers", "5-9"), ("--layers 5-9", "steerable layers are 0-1"), command="steer"),
     Case("steer-layers-reversed", S("--layers", "1-0"), ("--layers 1-0", "reversed"), command="steer"),
     Case("steer-alpha-with-replace", S("--mode", "replace", "--alpha", "2"), ("--alpha", "--mode replace"), command="steer"),

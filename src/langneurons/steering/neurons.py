@@ -56,6 +56,8 @@ def read_masks(path: str, languages: list[str], layers: np.ndarray, d_ff: int) -
     language, (layer, neuron) rows) as [language, layer, neuron] over `layers`, checked against the
     store: its languages, layers and neuron indices must be the store's."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--masks {path} is a folder; give the masks.pt or masks.npz file in it that `score --export` wrote")
     if not p.is_file():
         raise FileNotFoundError(f"--masks {path}: no such file; give the masks.pt or masks.npz `score --export` wrote")
     rows: dict[str, np.ndarray] = {}
@@ -75,7 +77,9 @@ def read_masks(path: str, languages: list[str], layers: np.ndarray, d_ff: int) -
     except Exception as e:  # whatever a damaged or foreign file makes numpy or torch raise
         if str(e).startswith("--masks"):
             raise
-        raise ValueError(f"--masks {path} cannot be read as `score --export` masks ({e}); export them again") from None
+        # (torch's own message would advise weights_only=False, which runs a file's code: not here)
+        raise ValueError(f"--masks {path} cannot be read as `score --export` masks ({type(e).__name__}): it is "
+                         "damaged or another kind of file; export them again with `langneurons score --export`") from None
     out = np.zeros((len(languages), len(layers), d_ff), dtype=bool)
     position = {int(layer): i for i, layer in enumerate(layers)}
     for lang, r in rows.items():
