@@ -44,20 +44,9 @@ from langneurons.corpus import demo_corpus_path, load_corpus  # noqa: E402
 from langneurons.demo import demo_model_path  # noqa: E402
 from langneurons.scoring.profiled import load_at  # noqa: E402
 from langneurons.steering import hooks, neurons  # noqa: E402
-from langneurons.steering.generate import encode_prompts  # noqa: E402
+from langneurons.steering.generate import encode_prompts, left_padded  # noqa: E402
 
 RESULTS = RESULTS_DIR / "steer.json"
-
-
-def batches(prompts: list[list[int]], batch_size: int, pad: int):
-    """Left-padded batches, as `steering.generate.generate` makes them."""
-    out = []
-    for s in range(0, len(prompts), batch_size):
-        b = prompts[s:s + batch_size]
-        w = max(map(len, b))
-        out.append((torch.tensor([[pad] * (w - len(p)) + p for p in b]),
-                    torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in b])))
-    return out
 
 
 def run(model, prepared, n_new: int) -> float:
@@ -120,7 +109,7 @@ def intervention(L: int, F: int, k: int):
 
 def bench_hf(loaded, prompts, args) -> dict[str, list[float]]:
     model, plan = loaded.model, loaded.plan
-    prepared = batches(prompts, args.batch_size, 0)
+    prepared = left_padded(prompts, args.batch_size, 0)
     ops = hooks.layer_ops(intervention(plan.n_layers, plan.d_ff, args.neurons))
     run(model, prepared[:1], 2)  # warm-up
     seconds = {"plain": [], "steered": []}
@@ -141,8 +130,7 @@ def bench_vllm(loaded, prompts, args) -> dict[str, list[float]]:
     from langneurons.steering import vllm_worker
 
     plan = loaded.plan
-    ops = {int(layer): (g["neuron"].to_numpy(np.int64), g["scale"].to_numpy(), g["shift"].to_numpy())
-           for layer, g in intervention(plan.n_layers, plan.d_ff, args.neurons).groupby("layer")}
+    ops = hooks.layer_ops(intervention(plan.n_layers, plan.d_ff, args.neurons))
     params = vllm.SamplingParams(max_tokens=args.max_new_tokens, min_tokens=args.max_new_tokens, temperature=0.0,
                                  detokenize=False)
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]

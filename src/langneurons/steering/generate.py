@@ -91,16 +91,21 @@ def generate(model, tokenizer, prompts: list[list[int]], decoding: Decoding, sto
                            top_p=1.0 if sample else None, pad_token_id=pad, eos_token_id=stops or None)
     torch.manual_seed(decoding.seed)
     out: list[list[int]] = []
-    for start in range(0, len(prompts), decoding.batch_size):
-        batch = prompts[start:start + decoding.batch_size]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, p in enumerate(batch):  # left padding: every prompt ends where generation starts
-            ids[r, width - len(p):] = torch.tensor(p)
-            attn[r, width - len(p):] = 1
+    for ids, attn in left_padded(prompts, decoding.batch_size, pad):
         gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=cfg)
-        out += [cut(row, stops) for row in gen[:, width:].tolist()]
+        out += [cut(row, stops) for row in gen[:, ids.shape[1]:].tolist()]
+    return out
+
+
+def left_padded(prompts: list[list[int]], batch_size: int, pad: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(ids, attention) [B, T] int64 on the host per batch of `batch_size` prompts in order, padded on
+    the left: every prompt ends where generation starts."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        width = max(len(p) for p in batch)
+        out.append((torch.tensor([[pad] * (width - len(p)) + p for p in batch]),
+                    torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])))
     return out
 
 

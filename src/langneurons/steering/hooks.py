@@ -72,13 +72,13 @@ class _ShiftedLogits(TorchFunctionMode):
 
     def __init__(self, weight: torch.Tensor, ops: LayerOps):
         super().__init__()
-        self.weight, self.ops, self.hits = weight, ops, 0
+        self.weight, self.ops, self.hits = weight, ops, 0   # ops: on the weight's device, in its dtype
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is F.linear and len(args) > 1 and args[1] is self.weight:
             self.hits += 1
-            out = apply(out, self.ops.to(out.device, out.dtype))
+            out = apply(out, self.ops)
         return out
 
 
@@ -89,6 +89,7 @@ def _routed(router: torch.nn.Module, layer: int, ops: LayerOps):
     weight = getattr(router, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"layer {layer}: this router has no weight of its own, so --experts cannot shift its logits")
+    ops = ops.to(weight.device, weight.dtype)  # F.linear's logits come in the weight's dtype
 
     def shifted(*args, **kwargs):
         with _ShiftedLogits(weight, ops) as mode:

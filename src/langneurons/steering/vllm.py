@@ -17,7 +17,7 @@ import functools
 import numpy as np
 
 from langneurons.profiler.backends.vllm import apply_in_workers, start_engine
-from langneurons.steering import vllm_worker
+from langneurons.steering import hooks, vllm_worker
 from langneurons.steering.generate import Decoding, cut, stop_ids
 from langneurons.steering.neurons import ROUTER
 
@@ -31,10 +31,6 @@ class VLLMGenerator:
         self.llm = start_engine(plan, max_model_len=plan.max_length + 1,
                                 max_num_batched_tokens=max(4096, plan.max_length + 1))
 
-    def _ops(self, table) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        return {int(layer): (g["neuron"].to_numpy(np.int64), g["scale"].to_numpy(np.float64),
-                             g["shift"].to_numpy(np.float64)) for layer, g in table.groupby("layer")}
-
     def generate(self, table, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -42,7 +38,7 @@ class VLLMGenerator:
         if (table["site"] == ROUTER).any():
             raise ValueError("--experts steers routing on --backend hf only")
         install = functools.partial(vllm_worker.install, model_type=self.plan.architecture, site=self.site,
-                                    act=self.plan.activation, ops=self._ops(table))
+                                    act=self.plan.activation, ops=hooks.layer_ops(table))
         ranks = apply_in_workers(self.llm, install)
         if sum(r.n_ops for r in ranks) != len(table):
             raise RuntimeError(f"the vLLM ranks installed {sum(r.n_ops for r in ranks)} operations of {len(table)}: "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -58,9 +57,8 @@ def _rank() -> int:
     return get_tensor_model_parallel_rank()
 
 
-def install(model: nn.Module, model_type: str, site: str, act: str | None,
-            ops: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> RankSteering:
-    """Install this rank's share of `ops` (layer -> (neuron, scale, shift), model neuron indices)."""
+def install(model: nn.Module, model_type: str, site: str, act: str | None, ops: dict[int, LayerOps]) -> RankSteering:
+    """Install this rank's share of `ops` (`hooks.layer_ops`: model neuron indices, on the host)."""
     from transformers.activations import ACT2FN
 
     uninstall(model)
@@ -83,10 +81,9 @@ def install(model: nn.Module, model_type: str, site: str, act: str | None,
 
     state.handles.append(model.register_forward_pre_hook(count_pass))
     for layer in state.layers:
-        neuron, scale, shift = ops[layer]
-        mine = (neuron >= offset) & (neuron < offset + d_local)
-        o = LayerOps(torch.as_tensor(neuron[mine] - offset, dtype=torch.long), torch.as_tensor(scale[mine]),
-                     torch.as_tensor(shift[mine])).to(p.device, p.dtype)
+        whole = ops[layer]
+        mine = (whole.neuron >= offset) & (whole.neuron < offset + d_local)
+        o = LayerOps(whole.neuron[mine] - offset, whole.scale[mine], whole.shift[mine]).to(p.device, p.dtype)
         n_ops += int(mine.sum())
         mlp = mlps[layer]
         down = architectures.module_at(mlp, spec.down)
