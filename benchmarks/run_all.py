@@ -26,6 +26,7 @@ RUNS = [  # (script, args): together about 32 minutes on a 2-core CPU
     ("bench_kernels.py", []),  # exits 0 at once without CUDA
     ("bench_kernel_code.py", []),  # the kernels' sm_90 machine code, read without a GPU
     ("bench_backends.py", []),  # HF vs vLLM: runs with .venv-vllm's interpreter when it exists
+    ("bench_peers.py", []),  # langneurons vs plain HF/vLLM and nnsight, TransformerLens (.venv-peers), ~15 min
     ("bench_steer.py", ["--backend", "hf"]),   # steering's cost over plain generation, ~3 min
     ("bench_steer.py", ["--backend", "vllm"]),  # the same in vLLM (.venv-vllm), ~3 min
 ]
@@ -34,6 +35,7 @@ VLLM_PY = HERE.parent / ".venv-vllm" / "bin" / "python"
 
 #: The modules whose sections make the results table, in its order (each renders its own).
 SECTIONS = ("bench_overhead", "bench_cpu_kernel", "bench_cluster", "bench_corpus", "bench_store", "bench_backends",
+            "bench_peers",
             "bench_steer", "langid_compare", "bench_inside_forward", "gpu_proof", "bench_kernels", "bench_kernel_code")
 
 

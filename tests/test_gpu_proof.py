@@ -31,7 +31,8 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     for name in ("e2e_llama3-8b", "e2e_qwen2-7b"):
         e = res["parts"][name]
         assert e["triton_counts_equal_reference"] is True and e["counted_tokens"] > 0
-        assert set(e["overhead_vs_plain"]) == {"reference", "triton", "fused"}
+        assert e["compiled_counts_equal_eager"] is True and "plain_compiled" in e["tokens_per_s"]
+        assert set(e["overhead_vs_plain"]) == {"reference", "triton", "fused", "compiled"}
     assert set(res["targets"]) == {"stats_no_hist_vs_copy", "stats_vs_copy", "e2e_triton_overhead_8b"}
     md = (tmp_path / "gpu_proof.md").read_text()
     assert "| llama3-8b (float32) |" in md and "| 64 | 96 | fp32 |" in md

@@ -109,3 +109,33 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     with pytest.raises(ValueError) as e:
         architectures.arch_spec("t5")
     assert "llama" in str(e.value) and "xglm" in str(e.value)
+
+
+@pytest.mark.parametrize("arch,site,kernel", [("llama", "gate", "numba"), ("qwen2", "down_in", "numba"),
+                                              ("gemma3_text", "gate", "reference"), ("phi3", "gate", "numba"),
+                                              ("cohere", "down_in", "reference")])
+def test_compile_counts_what_eager_counts(models, arch, site, kernel):
+    """--compile: the base model under torch.compile, its hooks traced into the graph, reducing
+    through langneurons' custom op. Integer statistics equal the eager backend's exactly, sums to
+    float order, over several batch shapes (one graph, dynamic shapes) and two profile calls (the
+    hooks are installed once and keep counting)."""
+    sentences = SENTENCES["en"] + SENTENCES["ru"] + SENTENCES["fr"]
+    stats = {}
+    for compiled in (True, False):
+        c = ProfileConfig.from_flags(model=str(models[arch]), batch_tokens=64, max_length=128, site=site, kernel=kernel,
+                                     compile=compiled)
+        backend = HFBackend(c)
+        assert backend.plan.record()["compiled"] is compiled
+        try:
+            first = backend.profile(sentences[:4])
+            stats[compiled] = backend.profile(sentences)
+        finally:
+            backend.close()
+        assert first.n_tokens < stats[compiled].n_tokens  # each call counts its own sentences only
+    got, want = stats[True], stats[False]
+    assert got.n_tokens == want.n_tokens
+    for v in ("n_fired", "act_hist", "n_nonfinite"):
+        np.testing.assert_array_equal(getattr(got, v), getattr(want, v), err_msg=v)
+    assert want.n_fired.sum() > 0
+    for v in ("act_sum", "act_sumsq"):
+        np.testing.assert_allclose(getattr(got, v), getattr(want, v), rtol=1e-4, atol=1e-4, err_msg=v)

@@ -287,6 +287,8 @@ CASES = [
     Case("device-cuda-missing", P("--device", "cuda"), ("--device cuda", "no CUDA")),
     Case("fused-mlp-gpt2", P("--fused-mlp", model="gpt2"), ("--fused-mlp", "gpt2")),
     Case("fused-mlp-vllm", P("--fused-mlp", "--backend", "vllm"), ("--fused-mlp", "--backend hf")),
+    Case("compile-vllm", P("--compile", "--backend", "vllm"), ("--compile is the hf backend's", "--vllm-eager")),
+    Case("compile-fused-mlp", P("--compile", "--fused-mlp"), ("--compile and --fused-mlp cannot be combined",)),
     Case("model-missing", P(lambda w: "--model", lambda w: str(w.root / "nope"), model=None), ("nope", "no such folder")),
     Case("model-hub-offline", P(lambda w: "--model", lambda w: "someorg/somemodel", model=None), ("someorg/somemodel", "HF_HUB_OFFLINE")),
     Case("model-is-a-file", P(model="file.txt"), ("file.txt", "is a file")),

@@ -6,6 +6,7 @@ torch); in an environment without vLLM it is skipped, saying so.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -30,10 +31,13 @@ def cfg(model, **kw):
     return ProfileConfig.from_flags(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
 
 
-def compare(model, hooked=None, engine=None, **kw):
+def compare(model, hooked=None, engine=None, eager_too=False, **kw):
     """vLLM's statistics against the HF backend's; `hooked`: the hook kinds vLLM's workers must use
-    (default: the gate site read inside vLLM's CPU activation op, act(gate) computed once).
-    `engine`: a running VLLMBackend of `model` to count with (recount), else one started here."""
+    (default: the gate site recomputed from the merged projection in a compiled engine, read inside
+    vLLM's CPU activation op in an eager one; down_in: the down projection's input).
+    `engine`: a running VLLMBackend of `model` to count with (recount), else one started here.
+    `eager_too`: also count with an eager engine (--vllm-eager): the compiled engine's integer
+    statistics must equal its exactly, its sums to float order."""
     c = cfg(model, **kw)
     want = HFBackend(c).profile(SENTS)
     backend = engine or VLLMBackend(c)
@@ -43,10 +47,21 @@ def compare(model, hooked=None, engine=None, **kw):
         got = backend.profile(SENTS)
         again = backend.profile(SENTS)  # prefix caching would skip these tokens the second time
         assert not backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
-        assert backend.hooked == (hooked or (["act_and_mul"] if c.counting.site == "gate" else ["input"]))
+        default = "input" if c.counting.site == "down_in" else "output" if backend.compiled else "act_and_mul"
+        assert backend.hooked == (hooked or [default])
     finally:
         if engine is None:
             backend.close()
+    if eager_too:
+        assert backend.compiled and backend.plan.record()["compiled"] is True
+        eager, _ = _profile_with(c.replace(vllm_eager=True), SENTS)
+        assert eager.n_tokens == got.n_tokens
+        for v in ("n_fired", "act_hist", "n_nonfinite"):
+            np.testing.assert_array_equal(getattr(got, v), getattr(eager, v), err_msg=v)
+        for v in ("act_sum", "act_sumsq"):
+            np.testing.assert_allclose(getattr(got, v), getattr(eager, v), rtol=1e-4, atol=1e-4, err_msg=v)
+        print(f"{model}: compiled == eager (integers exactly; sums within "
+              f"{np.abs(got.act_sum - eager.act_sum).max():.1e})")
     assert got.n_tokens == want.n_tokens == again.n_tokens
     # vLLM may batch the two passes differently: float order may differ, counts barely
     assert (got.n_fired == again.n_fired).mean() >= 0.99
@@ -80,10 +95,30 @@ def llama(tmp_path_factory):
     backend.close()
 
 
-@pytest.mark.parametrize("site", ["gate", "down_in", "gate"])  # and back: the hooks are installed afresh
-def test_llama_matches_hf(llama, site):
+def test_llama_matches_hf_compiled_and_eager(llama):
     model, engine, _ = llama
-    compare(model, engine=engine, site=site)
+    compare(model, engine=engine, eager_too=True)
+
+
+@pytest.fixture(scope="module")
+def eager_llama(llama):
+    """An eager engine (--vllm-eager) of the `llama` fixture's model."""
+    backend = VLLMBackend(cfg(llama[0], vllm_eager=True))
+    yield backend
+    backend.close()
+
+
+@pytest.mark.parametrize("site", ["down_in", "gate"])  # and back: the hooks are installed afresh
+def test_eager_engine_recounts_another_site(llama, eager_llama, site):
+    """An eager engine's hooks are installed after it starts: one engine counts another site
+    without loading the weights again. A compiled engine refuses: its hooks are in its graph."""
+    model, compiled, _ = llama
+    with pytest.raises(ValueError, match=r"compiled with its hooks for site/threshold/bin edges \('gate'"):
+        compiled.recount(cfg(model, site="down_in").counting)
+    with pytest.raises(RuntimeError, match="cannot be removed; compare with a plain vLLM engine"):
+        with compiled.hooks_removed():
+            pass
+    compare(model, engine=eager_llama, site=site)
 
 
 def test_recount_keeps_the_engines_limits(llama):
@@ -93,7 +128,7 @@ def test_recount_keeps_the_engines_limits(llama):
 
 
 def test_qwen2_matches_hf(tmp_path):
-    compare(tiny("qwen2", tmp_path / "qwen2"))
+    compare(tiny("qwen2", tmp_path / "qwen2"), eager_too=True)
 
 
 @pytest.mark.parametrize("arch", ["phi3", "cohere", "gemma3_text"])
@@ -105,7 +140,7 @@ def test_dense_architectures_match_hf(tmp_path, arch):
     both backends add it (the BOS rule), so vLLM's prompts open with it too and BOS is counted."""
     gemma = arch == "gemma3_text"
     model = tiny(arch, tmp_path / arch, add_bos=not gemma)
-    got = compare(model, hooked=["output"] if gemma else None, include_special_tokens=gemma)
+    got = compare(model, include_special_tokens=gemma, eager_too=True)
     if gemma:
         tok = AutoTokenizer.from_pretrained(model)
         assert got.n_tokens == sum(len(tok(s).input_ids) + 1 for s in SENTS)  # one BOS per sentence
@@ -122,7 +157,7 @@ def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_
 
     from langneurons.profiler.backends import vllm_worker
 
-    backend = VLLMBackend(cfg(tiny("llama", tmp_path / "m")))
+    backend = VLLMBackend(cfg(tiny("llama", tmp_path / "m"), vllm_eager=True))
     try:
         assert backend.hooked == ["act_and_mul"]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in backend.tokenizer(SENTS)["input_ids"]]
@@ -194,7 +229,7 @@ def test_demo_model_architecture(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         if len(os.sched_getaffinity(0)) < 3:
             mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1|0")
-        three, info = _profile_with(c.replace(vllm_tensor_parallel=3), sents)
+        three, info = _profile_with(c.replace(vllm_tensor_parallel=3, vllm_eager=True), sents)  # eager: faster to start
     assert info.d_ff == 1536 and three.n_tokens == got.n_tokens == want.n_tokens
     for name, other in (("TP=1", got), ("HF", want)):
         d = np.abs(three.n_fired - other.n_fired)
@@ -388,9 +423,12 @@ def ray_case(tmp_path_factory):
                                      batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
         summary = profile(c, progress=False)
         ds = xr.open_zarr(out)
+        assert ds.attrs["plan"]["compiled"] is not c.backend.vllm_eager  # the store says which engine ran
         return summary, {v: ds[v].values for v in ("n_tokens", "n_fired", "act_sum", "act_sumsq", "act_hist")}
 
-    return run, run(root / "ref.zarr")[1]
+    # the reference runs vLLM's default (compiled) engine; the Ray runs below start several engines
+    # each, eager to keep the test short: their integer counts must equal the compiled ones exactly
+    return functools.partial(run, vllm_eager=True), run(root / "ref.zarr")[1]
 
 
 def assert_same_run(got, reference):

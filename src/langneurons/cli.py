@@ -178,7 +178,8 @@ def cmd_info(args) -> int:
     if a.get("plan"):  # schema version 7 on: how the workers ran the model
         p = a["plan"]
         print(f"  {'plan':20s} {p['backend']} on {p['device']} in {p['dtype']}, kernel {p['kernel']}"
-              f"{', fused MLP' if p['fused_mlp'] else ''}{', tensor parallel ' + str(p['tensor_parallel']) if p['tensor_parallel'] > 1 else ''}; "
+              f"{', fused MLP' if p['fused_mlp'] else ''}{', tensor parallel ' + str(p['tensor_parallel']) if p['tensor_parallel'] > 1 else ''}"
+              f"{', compiled' if p.get('compiled') else ', eager' if 'compiled' in p else ''}; "
               f"{p['n_layers']} layers x {p['d_ff']} neurons, activation {p['activation']}, max_length {p['max_length']}")
     if a.get("moe"):
         m = a["moe"]

@@ -150,6 +150,11 @@ class BackendConfig:
                                flag="vllm_tensor_parallel", min=1)
     gpu_memory_utilization: float = opt(0.5, "Fraction of GPU memory vLLM may take.",
                                         flag="vllm_gpu_memory_utilization")
+    vllm_eager: bool = opt(False, """vLLM backend: run the engine eager (no torch.compile, no CUDA graphs), with the
+        hooks installed after it starts. Default: vLLM's own compilation, the hooks compiled into its graph.
+        MoE models run eager either way (routing is read from a router callback).""")
+    compile: bool = opt(False, """hf backend: run the model under torch.compile, the hooks compiled into its
+        graph (same counts; pays off on GPUs and long runs: compiling takes a while, once per batch shape).""")
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -158,6 +163,12 @@ class BackendConfig:
         if self.fused_mlp and self.name != "hf":
             raise ValueError(f"--fused-mlp replaces transformers MLP modules: it needs backend 'hf' (--backend hf), not "
                              f"{self.name!r} (vLLM runs its own fused SiLU-and-mul kernel)")
+        if self.compile and self.name != "hf":
+            raise ValueError("--compile is the hf backend's: the vLLM backend compiles by default (--vllm-eager "
+                             "turns that off)")
+        if self.compile and self.fused_mlp:
+            raise ValueError("--compile and --fused-mlp cannot be combined: the fused kernel is not traceable; "
+                             "drop one (torch.compile fuses the MLP's elementwise work itself)")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"--vllm-gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

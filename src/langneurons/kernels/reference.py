@@ -69,7 +69,8 @@ class Accumulator:
     def count_tokens(self, token_lang: torch.Tensor) -> None:
         """Add the text tokens of one forward pass to n_tokens (once per pass, not per layer)."""
         tl = token_lang.reshape(-1)
-        self.n_tokens += torch.bincount((tl + 1).clamp_min(0), minlength=self.n_languages + 1)[1:]
+        # index_add_, not bincount: bincount sizes its output from the data (a host sync on a GPU)
+        self.n_tokens.index_add_(0, tl.clamp_min(0).to(torch.int64), (tl >= 0).to(torch.int64))
 
     def to_stats(self, language: int = 0) -> Stats:
         """Copy one language's totals to the host (the one sync, at the end of a shard)."""

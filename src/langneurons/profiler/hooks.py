@@ -19,6 +19,7 @@ import torch
 
 from langneurons.kernels.dispatch import AccumulateFn, FusedFn
 from langneurons.kernels.reference import Accumulator
+from langneurons.profiler import ops  # noqa: F401  (registers torch.ops.langneurons.reduce_site)
 from langneurons.profiler.sites import SiteModule
 
 
@@ -43,6 +44,12 @@ class HookState:
         self.row_lang: torch.Tensor | None = None    # [R] int32: their languages
         self.active = True  # hooks that stay installed between passes (vLLM) reduce only while set
         self.n_reduced = 0  # blocks reduced: the vLLM worker checks every site ran in every pass
+        # compiled graphs (profiler/ops.py): hooks reduce through the custom op, for this slot; what
+        # must change per step lives on the device: `gate` (1 while counting, else 0) and the
+        # `reduced` counter replace `active` and `n_reduced`, whose Python runs only at tracing
+        self.slot: int | None = None
+        self.gate: torch.Tensor | None = None
+        self.reduced: torch.Tensor | None = None
 
     def set_batch(self, token_lang: torch.Tensor, device: torch.device) -> None:
         """Prepare the next forward pass; `token_lang` is [B*S] on the host."""
@@ -72,12 +79,23 @@ class HookState:
 
     def reduce(self, layer: int, x: torch.Tensor) -> None:
         self.check_batch()
-        self.n_reduced += 1
+        if self.reduced is None:
+            self.n_reduced += 1
+        else:
+            self.reduced += self.gate
         x = x.reshape(-1, x.shape[-1])
         if self.compact:
             self.accumulate(self.acc, layer, x.index_select(0, self.rows), self.row_lang)
-        else:
-            self.accumulate(self.acc, layer, x, self.token_lang)
+        else:  # a static buffer (vLLM) may be longer than this step: its first rows are the step's
+            self.accumulate(self.acc, layer, x, self.token_lang[: x.shape[0]])
+
+    def observe(self, layer: int, x: torch.Tensor) -> None:
+        """What every hook calls with its layer's site block: through the custom op once the state
+        has a slot (a compiled graph keeps the op, and runs it on every forward), else directly."""
+        if self.slot is not None:
+            torch.ops.langneurons.reduce_site(x, self.slot, layer)
+        elif self.active:
+            self.reduce(layer, x)
 
 
 def install(sites: list[SiteModule], state: HookState) -> list:
@@ -87,15 +105,13 @@ def install(sites: list[SiteModule], state: HookState) -> list:
         for s in sites:
             if s.kind == "output":
                 def hook(_m, _args, output, layer=s.layer, f=s.transform):
-                    if state.active:
-                        state.reduce(layer, output if f is None else f(output))
+                    state.observe(layer, output if f is None else f(output))
                 handles.append(s.module.register_forward_hook(hook))
             elif s.kind == "act_and_mul":
                 handles.append(_ActAndMul(s, state))
             else:
                 def pre_hook(_m, args, layer=s.layer, f=s.transform):
-                    if state.active:
-                        state.reduce(layer, args[0] if f is None else f(args[0]))
+                    state.observe(layer, args[0] if f is None else f(args[0]))
                 handles.append(s.module.register_forward_pre_hook(pre_hook))
     except BaseException:
         remove(handles)
@@ -115,8 +131,7 @@ class _ActAndMul:
         def forward(x: torch.Tensor) -> torch.Tensor:
             d = x.shape[-1] // 2
             h = act(x[..., :d])
-            if state.active:
-                state.reduce(layer, h)
+            state.observe(layer, h)
             return h * x[..., d:]
 
         self.module._forward_method = forward

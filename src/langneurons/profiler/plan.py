@@ -57,6 +57,7 @@ class ModelPlan:
     fused_mlp: bool
     tensor_parallel: int
     gpu_memory_utilization: float
+    compiled: bool              # the model runs under torch.compile (vLLM's default, or hf --compile)
 
     @property
     def spec(self) -> ArchSpec:
@@ -89,7 +90,7 @@ class ModelPlan:
                 "activation": self.activation, "max_length": self.max_length, "bos": self.bos.source,
                 "bos_token_id": self.bos.token_id, "backend": self.backend, "device": self.device,
                 "dtype": self.dtype, "kernel": self.kernel, "fused_mlp": self.fused_mlp,
-                "tensor_parallel": self.tensor_parallel}
+                "tensor_parallel": self.tensor_parallel, "compiled": self.compiled}
 
 
 def model_plan(cfg: ProfileConfig, *, in_process: bool = True) -> ModelPlan:
@@ -163,14 +164,22 @@ def _resolved(cfg: ProfileConfig, mcfg, tok, m, fingerprint: str, tokenizer_fing
     if b.name == "hf" and here:
         devices.check_device(device)
         (get_fused if b.fused_mlp else get_accumulate)(kernel, device)  # Triton where it cannot run
+    moe = moe_layout.moe_layout(m, spec, expert_neurons=b.name == "hf")
+    if b.name == "vllm":
+        compiled = not b.vllm_eager and moe is None
+        if moe is not None and not b.vllm_eager:
+            log.info("a MoE model: the vLLM engine runs eager (routing is counted from the router's callback, "
+                     "which a compiled graph does not run per step)")
+    else:
+        compiled = b.compile
     plan = ModelPlan(
         model=b.model, revision=b.revision, trust_remote_code=b.trust_remote_code, fingerprint=fingerprint,
         tokenizer_fingerprint=tokenizer_fingerprint, architecture=mcfg.model_type,
         n_layers=sites.num_layers(m, spec), d_ff=sites.ffn_width(m, spec),
-        activation=activation_name(mcfg), moe=moe_layout.moe_layout(m, spec, expert_neurons=b.name == "hf"),
+        activation=activation_name(mcfg), moe=moe,
         max_length=max_length, bos=bos, backend=b.name, device=str(device), dtype=devices.dtype_name(dtype),
         kernel=kernel, fused_mlp=b.fused_mlp, tensor_parallel=b.tensor_parallel,
-        gpu_memory_utilization=b.gpu_memory_utilization)
+        gpu_memory_utilization=b.gpu_memory_utilization, compiled=compiled)
     if b.name == "vllm":
         from langneurons.profiler.backends.vllm import check_tensor_parallel
 

@@ -1,4 +1,9 @@
-"""Hugging Face transformers backend: any device, exact token accounting, hooks on the FFN sites."""
+"""Hugging Face transformers backend: any device, exact token accounting, hooks on the FFN sites.
+
+`--compile` runs the base model under torch.compile. Its hooks are installed once, before the
+first (compiling) forward, and reduce through the custom op the graph keeps (`profiler/ops.py`);
+installing them per call would change what the compiled code guards on and recompile every time.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import torch
 from langneurons.config import ProfileConfig
 from langneurons.kernels.dispatch import get_accumulate, get_fused, resolve
 from langneurons.kernels.reference import Accumulator
-from langneurons.profiler import fused, hooks, loader, moe, moe_layout, sites, tokens
+from langneurons.profiler import fused, hooks, loader, moe, moe_layout, ops, sites, tokens
 from langneurons.profiler.backends.base import describe
 from langneurons.profiler.devices import dtype_name
 from langneurons.profiler.plan import ModelPlan, model_plan
@@ -65,6 +70,16 @@ class HFBackend:
         self.moe = None if self.layout is None else moe.MoeAccumulator.zeros(
             1, self.info.n_layers, self.layout.n_experts, counting.threshold, self.device, self.layout.expert_d_ff)
         self.pad_id = loader.pad_id(self.tokenizer)
+        self.forward = self.model.base_model
+        self._handles: list = []
+        if plan.compiled:
+            if self.layout is not None:
+                raise ValueError("--compile does not count MoE models yet (their routing hooks are not "
+                                 "traceable); profile them without --compile")
+            ops.register(self.state)
+            self._handles = hooks.install(self.sites, self.state)
+            # dynamic: batches differ in shape; one graph serves them all
+            self.forward = torch.compile(self.model.base_model, dynamic=True)
 
     @torch.inference_mode()
     def profile(self, sentences: Sequence[str]) -> Stats:
@@ -72,7 +87,8 @@ class HFBackend:
                             max_length=self.max_length, long_documents=self.counting.long_documents,
                             bos=self.bos.prepend)
         self.acc.zero_()
-        installed = (fused.installed(self.mlps, self.state) if self.mlps is not None
+        installed = (contextlib.nullcontext() if self._handles  # compiled: installed once, in its graph
+                     else fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))
         with contextlib.ExitStack() as stack:
             stack.enter_context(installed)
@@ -86,7 +102,7 @@ class HFBackend:
                 self.acc.count_tokens(self.state.token_lang)
                 # The base model (no LM head): logits are never needed, and the vocab projection
                 # is a fifth of a small multilingual model's FLOPs.
-                self.model.base_model(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False)
+                self.forward(input_ids=batch.ids, attention_mask=batch.attention, use_cache=False)
         self.state.clear()
         stats = self.acc.to_stats(0)
         if self.moe is not None:
@@ -94,6 +110,8 @@ class HFBackend:
         return stats
 
     def close(self) -> None:
-        del self.model
+        hooks.remove(self._handles)
+        ops.release(self.state)
+        del self.model, self.forward
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

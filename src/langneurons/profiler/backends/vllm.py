@@ -8,9 +8,13 @@
 - Prefix caching is forced off (it would skip computing cached tokens and silently drop counts);
   the engine's resulting config is checked, not assumed. Chunked prefill is off too, and a step's
   token budget fits the longest prompt, so each sequence is scheduled whole.
-- Hooks run in eager mode: `enforce_eager=True` and torch.compile off, because hooks installed
-  after compilation would never fire inside a compiled graph or a captured CUDA graph. On GPUs this
-  costs the CUDA-graph speed-up of decode, which prefill-only profiling barely uses.
+- Compiled by default, as users run vLLM: the hooks are installed while the model loads, before
+  vLLM compiles it (`vllm_plugin`, a model loader registered by langneurons' vllm.general_plugins
+  entry point), and reduce through a custom op the compiled graph keeps (`profiler/ops.py`). vLLM's
+  compile caches are off for such an engine (their keys do not see the hooks: a cached plain graph
+  would count nothing, and ours must never be served to a plain engine). `--vllm-eager` (and
+  MoE models, whose routing comes from a router callback) runs today's eager engine: hooks
+  installed after start by `apply_model`. The plan records which ran (`ModelPlan.compiled`).
 - Tensor parallel: rank r holds neurons [r*F/tp, (r+1)*F/tp) of each layer (vLLM's column/row
   parallel split of the MLP); the ranks' statistics are concatenated in rank order, which is the
   model's own neuron order. The ranks are processes on this node (`distributed_executor_backend
@@ -54,19 +58,38 @@ INSECURE = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 
 
 @contextlib.contextmanager
-def insecure_serialization() -> Iterator[None]:
-    """Let vLLM pickle functions (`apply_model` ships them to its workers) for the calls inside
-    this block only, then restore the variable. The engine's processes are started inside it and
-    keep the setting for themselves; this process, and whatever it starts later, do not."""
-    before = os.environ.get(INSECURE)
-    os.environ[INSECURE] = "1"
+def scoped_env(**values: str) -> Iterator[None]:
+    """Set these environment variables for the calls inside this block only, then restore them.
+    The engine's processes started inside keep the values for themselves; this process, and
+    whatever it starts later, do not."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(INSECURE, None)
-        else:
-            os.environ[INSECURE] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def insecure_serialization():
+    """Let vLLM pickle functions (`apply_model` ships them to its workers) inside the block."""
+    return scoped_env(**{INSECURE: "1"})
+
+
+def compiled_with_hooks_env() -> dict[str, str]:
+    """The environment a compiled engine with langneurons' hooks starts in: vLLM's compile caches
+    off (keyed without the hooks, they would hand this engine a plain graph, or a later plain
+    engine ours), and langneurons' plugin loaded even where VLLM_PLUGINS lists only others."""
+    from langneurons.profiler.backends.vllm_plugin import PLUGIN
+
+    env = {"VLLM_DISABLE_COMPILE_CACHE": "1", "VLLM_USE_AOT_COMPILE": "0"}
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN not in allowed.split(","):
+        env["VLLM_PLUGINS"] = ",".join(p for p in (allowed, PLUGIN) if p)
+    return env
 
 
 def check_tensor_parallel(mcfg, tp: int, d_ff: int, expert_d_ff: int = 0) -> None:
@@ -136,15 +159,24 @@ def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
     return patterns.pop() if patterns else (0, 0)
 
 
-def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens: int):
-    """A vLLM engine for the plan's model, as langneurons' hooks need it (the module docstring):
-    eager, prefix caching off (checked in the engine's resulting config), chunked prefill off,
-    tensor-parallel ranks in processes on this node. Its processes start with insecure
-    serialization allowed, so `apply_model` can ship hook functions to them."""
+def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens: int, hooks: dict | None = None):
+    """A vLLM engine for the plan's model, as langneurons needs it (the module docstring): prefix
+    caching off (checked in the engine's resulting config), chunked prefill off, tensor-parallel
+    ranks in processes on this node, started with insecure serialization allowed so `apply_model`
+    can ship functions to them. `hooks`: `vllm_worker.install`'s arguments, installed as the model
+    loads and compiled with it (vLLM's default compilation); None: an eager engine, for hooks
+    installed later by `apply_model`."""
     vllm = _import_vllm()
     tp = plan.tensor_parallel
-    with insecure_serialization(), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
-        # the engine's processes start here, and keep both settings
+    if hooks is None:
+        compile_args, env = {"enforce_eager": True, "compilation_config": {"mode": 0}}, {}
+    else:
+        from langneurons.profiler.backends.vllm_plugin import LOAD_FORMAT
+
+        compile_args = {"load_format": LOAD_FORMAT, "model_loader_extra_config": {LOAD_FORMAT: hooks}}
+        env = compiled_with_hooks_env()
+    with insecure_serialization(), scoped_env(**env), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
+        # the engine's processes start here, and keep these settings
         llm = vllm.LLM(
             model=plan.model, tokenizer=plan.model, revision=plan.revision, dtype=plan.dtype,
             trust_remote_code=plan.trust_remote_code, tensor_parallel_size=tp,
@@ -152,13 +184,21 @@ def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens:
             gpu_memory_utilization=plan.gpu_memory_utilization,
             enable_prefix_caching=False, enable_chunked_prefill=False,
             max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
-            max_num_seqs=max(1, min(256, max_num_batched_tokens)),
-            enforce_eager=True, compilation_config={"mode": 0}, seed=0,
+            max_num_seqs=max(1, min(256, max_num_batched_tokens)), seed=0, **compile_args,
         )
-    if llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
+    vcfg = llm.llm_engine.vllm_config
+    if vcfg.cache_config.enable_prefix_caching:
         raise RuntimeError("vLLM kept prefix caching on; it skips computing cached tokens (counts would be "
                            "missing, a steered run would reuse unsteered keys). Refusing to go on")
+    if hooks is not None and not compiled(vcfg):
+        raise RuntimeError("vLLM did not compile the model (its compilation mode is 0 here), although langneurons "
+                           "asked for its default compilation; the store would say compiled. Use --vllm-eager")
     return llm
+
+
+def compiled(vllm_config) -> bool:
+    """Whether an engine runs its model under torch.compile (any mode but NONE)."""
+    return int(vllm_config.compilation_config.mode) != 0
 
 
 def apply_in_workers(llm, fn) -> list:
@@ -180,40 +220,60 @@ class VLLMBackend:
         self.tokenizer = loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code)
         self.bos, self.max_length = plan.bos, plan.max_length
         budget = max(self.counting.batch_tokens, self.max_length)
+        self.compiled = plan.compiled
         # the prompt may use every position but one: vLLM needs a position for the sampled token
-        self.llm = start_engine(plan, max_model_len=self.max_length + 1, max_num_batched_tokens=budget)
+        self.llm = start_engine(plan, max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
+                                hooks=self._hooks(self.counting, budget) if self.compiled else None)
+        self.budget = budget
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
-        ranks = self._install(self.counting)
+        ranks = self._installed() if self.compiled else self._install(self.counting)
         # what the workers actually loaded, as they report it
         self.info = describe(plan.model, plan.revision, plan.architecture, ranks[0].n_layers,
                              sum(r.d_local for r in ranks), ranks[0].dtype, bos=self.bos.record(),
                              moe=self._layout(ranks[0].routing))
 
+    def _hooks(self, c: CountingConfig, max_tokens: int) -> dict:
+        """`vllm_worker.install`'s arguments (besides the model) for counting section `c`."""
+        return dict(model_type=self.plan.architecture, site=c.site, threshold=c.threshold, edges=list(c.bin_edges),
+                    kernel=self.plan.kernel, act=self.plan.activation, max_tokens=max_tokens)
+
     def _install(self, c: CountingConfig) -> list[vllm_worker.RankLoaded]:
-        """(Re)install the hooks in every rank for counting section `c`; returns the ranks' reports."""
-        self.install = functools.partial(  # kept: uninstall + install gives a hook-free engine back
-            vllm_worker.install, model_type=self.plan.architecture, site=c.site, threshold=c.threshold,
-            edges=list(c.bin_edges), kernel=self.plan.kernel, act=self.plan.activation)
-        ranks = self.apply(self.install)
+        """(Re)install the hooks of an eager engine in every rank for counting section `c`."""
+        # kept: uninstall + install gives a hook-free engine back
+        self.install = functools.partial(vllm_worker.install, **self._hooks(c, self.budget))
+        self.apply(self.install)
+        return self._installed()
+
+    def _installed(self) -> list[vllm_worker.RankLoaded]:
+        """The ranks' reports of the hooks they hold."""
+        ranks = self.apply(vllm_worker.loaded)
         self._pattern: tuple[int, int] | None = None  # fresh hooks count no special token yet
         self.kernel = ranks[0].kernel  # every rank runs on the same kind of device
         # how the site is read: "act_and_mul" (act(gate) taken inside vLLM's activation op), "output"
         # (act(gate) recomputed from the merged projection), "input" (down_in)
         self.hooked = list(ranks[0].hooked)
-        log.info("vLLM workers reduce with the %s kernel (hook points: %s)", self.kernel, ", ".join(self.hooked))
+        log.info("vLLM workers (%s) reduce with the %s kernel (hook points: %s)",
+                 "compiled" if self.compiled else "eager", self.kernel, ", ".join(self.hooked))
         return ranks
 
     def recount(self, counting: CountingConfig) -> None:
         """Count with another counting section on the running engine, without loading the weights
-        again: another site, threshold or bin edges (hooks installed afresh), special tokens or
-        long-document rule (the tokenizer side's). The engine's limits were set from max_length and
-        batch_tokens when it started, and the BOS rule is the plan's, so those must stay."""
+        again: another site, threshold or bin edges (hooks installed afresh: eager engines only; a
+        compiled engine's hooks are in its graph), special tokens or long-document rule (the
+        tokenizer side's). The engine's limits were set from max_length and batch_tokens when it
+        started, and the BOS rule is the plan's, so those must stay."""
         fixed = [f"{f} {getattr(self.counting, f)} -> {getattr(counting, f)}"
                  for f in ("max_length", "batch_tokens", "add_bos") if getattr(counting, f) != getattr(self.counting, f)]
         if fixed:
             raise ValueError(f"the vLLM engine was started for other limits ({', '.join(fixed)}); start a new "
                              "backend for them")
-        self._install(counting)
+        hooked = ("site", "threshold", "bin_edges")
+        if any(getattr(counting, f) != getattr(self.counting, f) for f in hooked):
+            if self.compiled:
+                raise ValueError("this vLLM engine was compiled with its hooks for site/threshold/bin edges "
+                                 f"{tuple(getattr(self.counting, f) for f in hooked)}; start a new backend for others "
+                                 "(or --vllm-eager, whose hooks are installed afresh)")
+            self._install(counting)
         self.counting = counting
 
     def _layout(self, routing: tuple[int, int, tuple[int, ...]] | None) -> MoeLayout | None:
@@ -235,7 +295,11 @@ class VLLMBackend:
     @contextlib.contextmanager
     def hooks_removed(self) -> Iterator[None]:
         """The same engine without langneurons' hooks inside the block (the plain-vLLM baseline the
-        profiling overhead is measured against); the hooks are installed again on exit."""
+        profiling overhead is measured against); the hooks are installed again on exit. Eager
+        engines only: a compiled engine's hooks are in its graph (start a plain vLLM engine)."""
+        if self.compiled:
+            raise RuntimeError("a compiled engine's hooks are part of its graph and cannot be removed; compare "
+                               "with a plain vLLM engine of its own")
         self.apply(vllm_worker.uninstall)
         try:
             yield
