@@ -274,7 +274,7 @@ def worker(name: str, job_path: str) -> int:
 # --- the driver ----------------------------------------------------------------------------------
 
 
-def make_job(args, tmp: Path) -> dict:
+def make_job(args) -> dict:
     """Sentences, token ids and batches every row shares."""
     from langneurons.corpus import demo_corpus_path, load_corpus
     from langneurons.demo import demo_model_path
@@ -382,7 +382,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        job = make_job(args, tmp)
+        job = make_job(args)
         job_path = tmp / "job.json"
         job_path.write_text(json.dumps(job))
         rows = {}

@@ -87,7 +87,7 @@ class HFBackend:
                             max_length=self.max_length, long_documents=self.counting.long_documents,
                             bos=self.bos.prepend)
         self.acc.zero_()
-        installed = (contextlib.nullcontext() if self._handles  # compiled: installed once, in its graph
+        installed = (contextlib.nullcontext() if self.plan.compiled  # installed once, in its graph
                      else fused.installed(self.mlps, self.state) if self.mlps is not None
                      else hooks.installed(self.sites, self.state))
         with contextlib.ExitStack() as stack:

@@ -129,18 +129,12 @@ def thread_binding(cores: list[int], tp: int) -> str:
                     for g in groups)
 
 
-@contextlib.contextmanager
-def _cpu_thread_binding(tp: int) -> Iterator[None]:
-    """Set VLLM_CPU_OMP_THREADS_BIND for a CPU tensor-parallel engine while it starts (a user's
-    setting wins); nothing for one rank."""
+def _cpu_thread_binding(tp: int):
+    """VLLM_CPU_OMP_THREADS_BIND for a CPU tensor-parallel engine while it starts (a user's setting
+    wins); nothing for one rank."""
     if tp <= 1 or os.environ.get(BIND):
-        yield
-        return
-    os.environ[BIND] = thread_binding(sorted(os.sched_getaffinity(0)), tp)
-    try:
-        yield
-    finally:
-        os.environ.pop(BIND, None)
+        return contextlib.nullcontext()
+    return scoped_env(**{BIND: thread_binding(sorted(os.sched_getaffinity(0)), tp)})
 
 
 def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
