@@ -86,9 +86,21 @@ steer: setup
 	$(VENV)/bin/langneurons info $(RESULTS) >/dev/null 2>&1 || $(MAKE) run
 	$(VENV)/bin/langneurons steer $(RESULTS) --source en --target es,fr,hi,ru,zh --out $(STEER_OUT)
 
+# The two suites run side by side, in their own environments: the vLLM one spends most of its time
+# starting engines (process starts and imports, a core at a time), so together they take little
+# longer than the longer one. Each test starts and stops only what it owns (its own Ray instance,
+# engines and temporary folders), and a test must pass on a busy machine anyway. The vLLM suite's
+# report follows the main one's; either failing fails the target.
+VLLM_TESTS = tests/test_vllm_backend.py tests/test_vllm_steer.py
 test: setup vllm-env
-	$(PY) -m pytest -q tests
-	$(VPY) -m pytest -q tests/test_vllm_backend.py tests/test_vllm_steer.py
+	@tmp=$$(mktemp -d); \
+	$(VPY) -m pytest -q --basetemp="$$tmp/vllm" $(VLLM_TESTS) >"$$tmp/vllm.log" 2>&1 & vllm=$$!; \
+	trap 'kill $$vllm 2>/dev/null; rm -rf "$$tmp"' INT TERM; \
+	echo "--- .venv: tests (the vLLM suite runs beside it)"; \
+	$(PY) -m pytest -q --basetemp="$$tmp/main" tests; main=$$?; \
+	wait $$vllm; vrc=$$?; \
+	echo "--- .venv-vllm: $(VLLM_TESTS)"; cat "$$tmp/vllm.log"; rm -rf "$$tmp"; \
+	test $$main -eq 0 && test $$vrc -eq 0
 
 bench: setup vllm-env peers-env
 	$(PY) benchmarks/run_all.py

@@ -11,10 +11,11 @@ would stop early does not do less work), greedy; variants interleaved round by r
 
 --backend hf: transformers' `generate` on the same left-padded batches of --batch-size, the
 interventions as hooks (`steering.hooks.steered`). --backend vllm (run with .venv-vllm's Python):
-one engine as `steer` starts it (eager, no prefix caching: `start_engine`), all prompts at once,
-the interventions installed in its worker (`steering.vllm_worker`); plus `compiled`, plain
-generation on an engine with vLLM's defaults (torch.compile, prefix caching off so that every
-round computes its prompts), which is what users run without langneurons.
+all prompts at once; `plain` is vLLM's default engine (torch.compile; prefix caching off so that
+every round computes its prompts), what users run without langneurons; `steered` the engine
+`langneurons steer` starts (`VLLMGenerator`: the same compilation, the interventions compiled into
+its graph through the ops of `steering/ops.py`), with one condition's operations set;
+`steered_eager` the --vllm-eager engine, steered likewise.
 
 Overhead = the median over rounds of (variant time / plain time in the same round) - 1 (a ratio
 within one round cancels the VM's drift). Target: steering costs at most 10% over plain.
@@ -79,11 +80,10 @@ def table() -> list[str]:
         steer = r["vs_plain"]["steered"]["median"]
         out += ["", f"Target: steering costs at most 10% over plain: {'met' if steer <= 0.10 else 'NOT met'} "
                 f"({100 * steer:+.1f}%)."]
-        if "compiled" in r["vs_plain"]:
-            c = r["vs_plain"]["compiled"]["median"]
-            out.append(f"`compiled` is vLLM's default engine (torch.compile), without langneurons. Against it, plain "
-                       f"generation on the eager engine steering needs takes {100 * (1 / (1 + c) - 1):+.1f}% time, "
-                       f"steered generation {100 * ((1 + steer) / (1 + c) - 1):+.1f}%.")
+        if backend == "vllm":
+            out.append("`plain` is vLLM's default engine (torch.compile) without langneurons; `steered` runs the "
+                       "same compilation with the interventions in its graph, `steered_eager` the --vllm-eager "
+                       "engine.")
         out.append("")
     return out
 
@@ -121,39 +121,44 @@ def bench_hf(loaded, prompts, args) -> dict[str, list[float]]:
 
 
 def bench_vllm(loaded, prompts, args) -> dict[str, list[float]]:
-    import functools
+    import dataclasses
 
     import vllm
     from vllm.inputs import TokensPrompt
 
-    from langneurons.profiler.backends.vllm import apply_in_workers, start_engine
-    from langneurons.steering import vllm_worker
+    from langneurons.steering.vllm import VLLMGenerator
 
     plan = loaded.plan
-    ops = hooks.layer_ops(intervention(plan.n_layers, plan.d_ff, args.neurons))
+    table = intervention(plan.n_layers, plan.d_ff, args.neurons)
     params = vllm.SamplingParams(max_tokens=args.max_new_tokens, min_tokens=args.max_new_tokens, temperature=0.0,
                                  detokenize=False)
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    eager = start_engine(plan, max_model_len=plan.max_length + 1, max_num_batched_tokens=4096)
-    compiled = vllm.LLM(model=plan.model, tokenizer=plan.model, dtype=plan.dtype, enable_prefix_caching=False,
-                        max_model_len=plan.max_length + 1, seed=0)
-    install = functools.partial(vllm_worker.install, model_type=plan.architecture, site="gate", act=plan.activation,
-                                ops=ops)
+    plain = vllm.LLM(model=plan.model, tokenizer=plan.model, dtype=plan.dtype, enable_prefix_caching=False,
+                     max_model_len=plan.max_length + 1, gpu_memory_utilization=plan.gpu_memory_utilization, seed=0)
+    compiled = VLLMGenerator(loaded, "gate")
+    eager = VLLMGenerator(dataclasses.replace(loaded, plan=dataclasses.replace(plan, compiled=False)), "gate")
+    assert compiled.plan.compiled and not eager.plan.compiled
 
     def timed(llm) -> float:
         t0 = time.perf_counter()
         llm.generate(inputs, params, use_tqdm=False)
         return time.perf_counter() - t0
 
-    for llm in (eager, compiled):
-        timed(llm)  # warm-up
-    seconds = {"plain": [], "steered": [], "compiled": []}
+    def steered(gen) -> float:
+        gen.set_operations(table)
+        try:
+            return timed(gen.llm)
+        finally:
+            gen.clear()
+
+    timed(plain)   # warm-up
+    for gen in (compiled, eager):
+        steered(gen)
+    seconds = {"plain": [], "steered": [], "steered_eager": []}
     for _ in range(args.repeats):
-        seconds["plain"].append(timed(eager))
-        apply_in_workers(eager, install)
-        seconds["steered"].append(timed(eager))
-        apply_in_workers(eager, vllm_worker.uninstall)
-        seconds["compiled"].append(timed(compiled))
+        seconds["plain"].append(timed(plain))
+        seconds["steered"].append(steered(compiled))
+        seconds["steered_eager"].append(steered(eager))
     return seconds
 
 

@@ -57,10 +57,15 @@ def head(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="lnray", dir="/tmp")
     port = free_port()
     dash = free_port()
+    # every port with a fixed default too: another Ray instance on the machine holds the defaults
+    # (measured: its job agent then cannot bind 52365, and no job can be submitted)
+    ports = [f"--{flag}={free_port()}" for flag in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "runtime-env-agent-port", "metrics-export-port")]
     log = open(tmp_path / "head.log", "wb")
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}",
+         f"--dashboard-port={dash}", *ports, "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={ray_tmp}",
          "--block"],
         cwd=work, env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -76,6 +81,17 @@ def head(tmp_path):
                 break
             if proc.poll() is not None or time.monotonic() - started > SAFETY_S:
                 raise AssertionError("the Ray head did not start:\n" + (tmp_path / "head.log").read_text()[-3000:])
+            time.sleep(1)
+        # the job API may answer before the node's job agent has registered (a submission then fails
+        # with "No available agent to submit job", creating nothing): the head is ready once a job runs
+        while True:
+            r = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", url, "--", "true"], env=env,
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            if "No available agent" not in r.stdout + r.stderr or proc.poll() is not None or \
+                    time.monotonic() - started > SAFETY_S:
+                raise AssertionError("the Ray head's job agent did not start:\n" + (r.stdout + r.stderr)[-3000:])
             time.sleep(1)
         yield url, env
     finally:

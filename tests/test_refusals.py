@@ -374,6 +374,7 @@ CASES = [
     Case("steer-experts-dense-store", S("--experts"), ("--experts", "dense llama model", "leave --experts out"),
          command="steer"),
     Case("steer-experts-vllm", S("--experts", "--backend", "vllm"), ("--experts", "--backend hf only"), command="steer"),
+    Case("steer-eager-hf", S("--vllm-eager"), ("--vllm-eager needs --backend vllm",), command="steer"),
     Case("steer-url-store-without-out", lambda w: ["memory://results/x.zarr", "--source", "en", "--target", "fr"],
          ("memory://results/x.zarr is a URL", "give --out"), command="steer"),
     Case("steer-out-a-report", S(lambda w: "--out", lambda w: str(w.root / "report_link")),

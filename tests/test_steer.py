@@ -112,6 +112,54 @@ def test_apply_is_its_reference():
     torch.testing.assert_close(hooks.apply(x.clone(), ops), hooks.apply_reference(x, ops))
 
 
+def test_vllm_steering_ops_apply_the_operations_set_when_a_compiled_graph_runs():
+    """The ops the vLLM ranks steer through (steering/ops.py) give `apply_reference`'s values on the
+    rank's own slice of neurons, and a graph compiled once applies whichever condition's
+    operations are set when it runs: nothing is frozen at tracing. A graph outliving its state is
+    an error, never unsteered tokens."""
+    from langneurons.profiler import ops as slots
+    from langneurons.steering.vllm_worker import Steering
+
+    d = 37  # rank 1 of a model with d_ff 74: neurons 37-73
+    state = Steering((0, 3), "gate", d, d, torch.nn.functional.silu, True, torch.device("cpu"), torch.float32)
+    slot = slots.register(state)
+
+    def down_inputs(x, gate_up):  # as a compiled vLLM layer calls them (rows: hooked layers 0 and 3)
+        return (torch.ops.langneurons.steer_down_in(x, slot, 1),
+                torch.ops.langneurons.steer_gate(x, gate_up, slot, 0))
+
+    run = torch.compile(down_inputs, fullgraph=True)
+    torch.manual_seed(0)
+    x, gate_up = torch.randn(5, d), torch.randn(5, 2 * d)
+    gate, up = gate_up[:, :d], gate_up[:, d:]
+    try:
+        assert all(torch.equal(y, x) for y in run(x, gate_up))   # nothing set: the identity
+        for seed in (1, 2):   # two conditions through the same compiled graph
+            rng = np.random.default_rng(seed)
+            model_neurons = torch.tensor(rng.choice(2 * d, size=20, replace=False))   # both ranks' neurons
+            scale = torch.tensor(rng.normal(size=20))
+            shift = torch.tensor(rng.normal(size=20))
+            assert state.set_operations({3: hooks.LayerOps(model_neurons, scale, shift),
+                                         0: hooks.LayerOps(model_neurons, -scale, shift)}) == \
+                2 * int((model_neurons >= d).sum())
+            mine = model_neurons >= d
+            local = hooks.LayerOps(model_neurons[mine] - d, scale[mine], shift[mine])
+            negated = hooks.LayerOps(local.neuron, -local.scale, local.shift)
+            got_down, got_gate = run(x, gate_up)
+            torch.testing.assert_close(got_down, hooks.apply_reference(x, local))
+            want_gate = x.clone()
+            want_gate[:, local.neuron] = (hooks.apply_reference(torch.nn.functional.silu(gate), negated) * up)[:, local.neuron]
+            torch.testing.assert_close(got_gate, want_gate)
+            assert not torch.equal(got_down, x) and not torch.equal(got_gate, x)
+            assert int(state.applied) == 2   # counters restart with each condition
+        with pytest.raises(ValueError, match="layer 5 has no dense FFN"):
+            state.set_operations({5: local})
+    finally:
+        slots.release(state)
+    with pytest.raises(RuntimeError, match="which was released"):
+        run(x, gate_up)
+
+
 def test_control_has_the_steered_counts_and_no_selected_neuron():
     rng = np.random.default_rng(0)
     L, F = 4, 200

@@ -31,13 +31,14 @@ def cfg(model, **kw):
     return ProfileConfig.from_flags(model=model, batch_tokens=256, max_length=128, vllm_gpu_memory_utilization=0.3, **kw)
 
 
-def compare(model, hooked=None, engine=None, eager_too=False, **kw):
+def compare(model, hooked=None, engine=None, eager=None, **kw):
     """vLLM's statistics against the HF backend's; `hooked`: the hook kinds vLLM's workers must use
     (default: the gate site recomputed from the merged projection in a compiled engine, read inside
     vLLM's CPU activation op in an eager one; down_in: the down projection's input).
     `engine`: a running VLLMBackend of `model` to count with (recount), else one started here.
-    `eager_too`: also count with an eager engine (--vllm-eager): the compiled engine's integer
-    statistics must equal its exactly, its sums to float order."""
+    `eager`: also count with an eager engine (--vllm-eager; True: one started here, or a running
+    one, recounted): the compiled engine's integer statistics must equal its exactly, its sums to
+    float order."""
     c = cfg(model, **kw)
     want = HFBackend(c).profile(SENTS)
     backend = engine or VLLMBackend(c)
@@ -52,9 +53,14 @@ def compare(model, hooked=None, engine=None, eager_too=False, **kw):
     finally:
         if engine is None:
             backend.close()
-    if eager_too:
+    if eager is not None:
         assert backend.compiled and backend.plan.record()["compiled"] is True
-        eager, _ = _profile_with(c.replace(vllm_eager=True), SENTS)
+        if eager is True:
+            eager, _ = _profile_with(c.replace(vllm_eager=True), SENTS)
+        else:
+            assert not eager.compiled
+            eager.recount(c.counting)
+            eager = eager.profile(SENTS)
         assert eager.n_tokens == got.n_tokens
         for v in ("n_fired", "act_hist", "n_nonfinite"):
             np.testing.assert_array_equal(getattr(got, v), getattr(eager, v), err_msg=v)
@@ -80,7 +86,8 @@ def llama(tmp_path_factory):
     section: `VLLMBackend.recount`), with the arguments the backend gave vLLM's constructor."""
     import vllm
 
-    model = tiny("llama", tmp_path_factory.mktemp("llama") / "llama")
+    # EOS added too: test_special_tokens_at_both_ends counts both ends with this engine
+    model = tiny("llama", tmp_path_factory.mktemp("llama") / "llama", add_eos=True)
     seen = {}
     real = vllm.LLM.__init__
 
@@ -95,17 +102,17 @@ def llama(tmp_path_factory):
     backend.close()
 
 
-def test_llama_matches_hf_compiled_and_eager(llama):
-    model, engine, _ = llama
-    compare(model, engine=engine, eager_too=True)
-
-
 @pytest.fixture(scope="module")
 def eager_llama(llama):
     """An eager engine (--vllm-eager) of the `llama` fixture's model."""
     backend = VLLMBackend(cfg(llama[0], vllm_eager=True))
     yield backend
     backend.close()
+
+
+def test_llama_matches_hf_compiled_and_eager(llama, eager_llama):
+    model, engine, _ = llama
+    compare(model, engine=engine, eager=eager_llama)
 
 
 @pytest.mark.parametrize("site", ["down_in", "gate"])  # and back: the hooks are installed afresh
@@ -128,7 +135,7 @@ def test_recount_keeps_the_engines_limits(llama):
 
 
 def test_qwen2_matches_hf(tmp_path):
-    compare(tiny("qwen2", tmp_path / "qwen2"), eager_too=True)
+    compare(tiny("qwen2", tmp_path / "qwen2"), eager=True)
 
 
 @pytest.mark.parametrize("arch", ["phi3", "cohere", "gemma3_text"])
@@ -140,24 +147,27 @@ def test_dense_architectures_match_hf(tmp_path, arch):
     both backends add it (the BOS rule), so vLLM's prompts open with it too and BOS is counted."""
     gemma = arch == "gemma3_text"
     model = tiny(arch, tmp_path / arch, add_bos=not gemma)
-    got = compare(model, include_special_tokens=gemma, eager_too=True)
+    got = compare(model, include_special_tokens=gemma, eager=True)
     if gemma:
         tok = AutoTokenizer.from_pretrained(model)
         assert got.n_tokens == sum(len(tok(s).input_ids) + 1 for s in SENTS)  # one BOS per sentence
 
 
-def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_is_an_error(tmp_path):
-    """Profiling the gate site runs vLLM's activation op as the hook's own computation: the
-    engine's prompt and sampled-token logprobs are bit for bit those of the same engine without
-    hooks. A forward that skips a hooked module (as a fused kernel could) is an error naming it,
-    never silently missing counts. (Its own engine: it breaks a hooked op on purpose.)"""
+def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_is_an_error(llama, eager_llama):
+    """Profiling the gate site runs vLLM's activation op as the hook's own computation (eager
+    engines): the engine's prompt and sampled-token logprobs are bit for bit those of the same
+    engine without hooks. A forward that skips a hooked module (as a fused kernel could) is an
+    error naming it, never silently missing counts. (It breaks a hooked op on purpose, and
+    installs the hooks afresh after.)"""
     import vllm
     from vllm.inputs import TokensPrompt
     from vllm_probes import bypass_first_act_and_mul
 
     from langneurons.profiler.backends import vllm_worker
 
-    backend = VLLMBackend(cfg(tiny("llama", tmp_path / "m"), vllm_eager=True))
+    backend = eager_llama
+    backend.recount(cfg(llama[0], include_special_tokens=True).counting)
+    backend.profile(SENTS)   # the ranks now count every token (its BOS and EOS too) until told otherwise
     try:
         assert backend.hooked == ["act_and_mul"]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in backend.tokenizer(SENTS)["input_ids"]]
@@ -180,19 +190,15 @@ def test_gate_read_inside_vllms_op_leaves_its_logprobs_bit_for_bit_and_a_bypass_
         with pytest.raises(RuntimeError, match=r"rank 0 ran \d+ forward passes, but its FFN sites reduced \d+ blocks.*bypassed"):
             backend.profile(SENTS)
     finally:
-        backend.close()
+        backend.recount(cfg(llama[0], site="down_in").counting)   # hooks installed afresh: the engine is whole
 
 
-def test_special_tokens_at_both_ends(tmp_path):
+def test_special_tokens_at_both_ends(llama):
     """BOS and EOS added by the tokenizer are excluded, or counted on request, as in HF (one
     engine: which tokens count is decided outside it)."""
-    model = tiny("llama", tmp_path / "eos", add_eos=True)
-    engine = VLLMBackend(cfg(model))
-    try:
-        n = compare(model, engine=engine).n_tokens
-        assert compare(model, engine=engine, include_special_tokens=True).n_tokens == n + 2 * len(SENTS)
-    finally:
-        engine.close()
+    model, engine, _ = llama
+    n = compare(model, engine=engine).n_tokens
+    assert compare(model, engine=engine, include_special_tokens=True).n_tokens == n + 2 * len(SENTS)
 
 
 def test_prefix_caching_cannot_be_enabled(llama):
@@ -247,7 +253,7 @@ def test_default_max_length_fits_a_short_position_limit_and_serialization_switch
     assert INSECURE not in os.environ
     model = tiny("llama", tmp_path / "short", positions=128)
     long_sentence = " ".join(SENTS * 4)                      # well over 128 tokens
-    c = ProfileConfig.from_flags(model=model, batch_tokens=256, vllm_gpu_memory_utilization=0.3)
+    c = ProfileConfig.from_flags(model=model, batch_tokens=256, vllm_gpu_memory_utilization=0.3, vllm_eager=True)
     backend = VLLMBackend(c)
     try:
         assert backend.max_length == 127 and INSECURE not in os.environ
@@ -281,7 +287,7 @@ def tiny_moe(arch: str, path):
     return str(path)
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe"])  # OLMoE: the store test below
 def test_moe_routing_matches_hf(tmp_path, arch):
     """n_routed from vLLM's own routed-expert capture equals the HF backend's (the router's
     choices, counted per language); the dense FFN of Qwen's MoE models is counted as on HF."""
@@ -316,8 +322,9 @@ def test_moe_architecture_vllm_cannot_run_is_refused(tmp_path):
 
 
 def test_moe_store_from_vllm_holds_routing_only_and_scores(tmp_path, capsys):
-    """`profile --backend vllm` on a MoE model: the store records routing (equal to an HF-backend
-    store's), no expert neuron arrays (expert_neurons false), and `score` prints its expert table."""
+    """`profile --backend vllm` on a MoE model (OLMoE): the store records routing (equal to an
+    HF-backend store's, per language), no expert neuron arrays (expert_neurons false), and `score`
+    prints its expert table."""
     import xarray as xr
     from fixtures import write_corpus
 
@@ -337,6 +344,9 @@ def test_moe_store_from_vllm_holds_routing_only_and_scores(tmp_path, capsys):
     assert vl.attrs["moe"]["expert_neurons"] is False and hf.attrs["moe"]["expert_neurons"] is True
     assert "expert_n_fired" not in vl and "expert_n_fired" in hf and vl.sizes["neuron"] == 0
     np.testing.assert_array_equal(vl["n_routed"].values, hf["n_routed"].values)
+    top_k, layers = vl.attrs["moe"]["top_k"], len(vl.attrs["moe"]["moe_layers"])
+    assert (vl["n_routed"].sum(("layer", "expert")).values == top_k * layers * vl["n_tokens"].values).all()
+    np.testing.assert_allclose(vl["router_prob_sum"].values, hf["router_prob_sum"].values, rtol=1e-4, atol=1e-4)
     assert set(xr.open_zarr(stores["vllm"]).data_vars) >= {"n_routed", "router_prob_sum"}
     assert main(["score", str(stores["vllm"])]) == 0
     out = capsys.readouterr().out
@@ -362,7 +372,8 @@ def test_tensor_parallel_2_equals_hf(tmp_path, arch, site):
     demo model)."""
     model = tiny(arch, tmp_path / arch, d_ff=106)
     hf = HFBackend(cfg(model, site=site)).profile(SENTS)
-    two, info = _profile_with(cfg(model, site=site, vllm_tensor_parallel=2), SENTS)
+    # compiled on one of the two (each rank compiles its own graph), eager on the other
+    two, info = _profile_with(cfg(model, site=site, vllm_tensor_parallel=2, vllm_eager=arch == "qwen2"), SENTS)
     assert info.d_ff == 106 and two.n_fired.shape == (2, 106)
     assert two.n_tokens == hf.n_tokens
     diff = np.abs(two.n_fired - hf.n_fired)

@@ -1,9 +1,9 @@
 """Steering on the vLLM backend gives the HF backend's greedy tokens under the same interventions
-(tiny Llama and Qwen2, float32; both sites; replace, add, multiply), tensor parallel 2 gives tensor
-parallel 1's, and `steer --backend vllm` writes what `steer --backend hf` writes.
+(tiny Llama and Qwen2, float32; both sites; replace, add, multiply): compiled (vLLM's default) and
+eager (--vllm-eager) engines alike, so compiled steering gives eager steering's tokens; tensor
+parallel 2 as well; and `steer --backend vllm` writes what `steer --backend hf` writes.
 
-`make test` runs this module in `.venv-vllm`; elsewhere it is skipped. Each engine starts once per
-module (fixtures)."""
+`make test` runs this module in `.venv-vllm`; elsewhere it is skipped. Each engine starts once."""
 
 from __future__ import annotations
 
@@ -45,46 +45,66 @@ def tables(d_ff: int) -> dict[str, pd.DataFrame]:
     return out
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
-def pair(request, tmp_path_factory):
-    """(HF generator, vLLM generator) of one tiny model, the vLLM engine started once."""
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """arch -> (tiny model path, HF generator of it), each made once, on first use."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            path = tiny_vllm(arch, tmp_path_factory.mktemp(arch) / "m", d_ff=D_FF, positions=128)
+            made[arch] = path, HFGenerator(load_at(path, device="cpu"), "gate")
+        return made[arch]
+    return get
+
+
+# Each engine costs ~20-30 s to start: vLLM's default compiled engine on both sites, on a second
+# architecture, and the eager fallback (--vllm-eager; the same ops, installed after the start).
+ENGINES = [("llama", "gate", False), ("llama", "down_in", False), ("llama", "gate", True), ("qwen2", "gate", False)]
+
+
+@pytest.mark.parametrize("arch, site, eager", ENGINES,
+                         ids=[f"{a}-{s}-{'eager' if e else 'compiled'}" for a, s, e in ENGINES])
+def test_vllm_steers_as_hf_does(models, arch, site, eager):
+    """The same greedy tokens as the HF backend under every condition (so compiled steering gives
+    eager steering's tokens), and the fluency score (the engine with its operations cleared)
+    equals the unsteered HF model's."""
     from langneurons.steering.vllm import VLLMGenerator
 
-    path = tiny_vllm(request.param, tmp_path_factory.mktemp(request.param) / "m", d_ff=D_FF, positions=128)
-    hf = HFGenerator(load_at(path, device="cpu"), "gate")
-    vl = VLLMGenerator(load_at(path, device="cpu", backend="vllm"), "gate")
-    yield request.param, path, hf, vl
-    vl.close()
+    path, hf = models(arch)
+    hf.site = site
+    vl = VLLMGenerator(load_at(path, device="cpu", backend="vllm", vllm_eager=eager), site)
+    try:
+        assert vl.plan.compiled is not eager and all(r.compiled is not eager for r in vl.ranks)
+        prompts = encode_prompts(hf.tokenizer, PROMPTS, None)
+        base = None
+        for name, table in tables(D_FF).items():
+            want, got = hf.generate(table, prompts, DECODING), vl.generate(table, prompts, DECODING)
+            assert got == want, name
+            base = base or want
+            if name != "none":
+                assert want != base, name   # the interventions changed the tokens: the test can fail
+        np.testing.assert_allclose(vl.mean_logprob(prompts, base), hf.mean_logprob(prompts, base), rtol=1e-4,
+                                   atol=1e-4)
+        with pytest.raises(AttributeError):
+            vl.site = "down_in" if site == "gate" else "gate"   # the engine's hooks are for its site only
+    finally:
+        vl.close()
 
 
-@pytest.mark.parametrize("site", ["gate", "down_in"])
-def test_vllm_steers_as_hf_does(pair, site):
-    arch, _, hf, vl = pair
-    hf.site = vl.site = site
-    prompts = encode_prompts(hf.tokenizer, PROMPTS, None)
-    base = None
-    for name, table in tables(D_FF).items():
-        want, got = hf.generate(table, prompts, DECODING), vl.generate(table, prompts, DECODING)
-        assert got == want, (arch, site, name)
-        base = base or want
-        if name != "none":
-            assert want != base, (arch, site, name)   # the interventions changed the tokens: the test can fail
-    np.testing.assert_allclose(vl.mean_logprob(prompts, base), hf.mean_logprob(prompts, base), rtol=1e-4, atol=1e-4)
-
-
-def test_tensor_parallel_2_steers_as_1(pair):
-    """Each rank steers its own slice of d_ff (the neurons either side of the boundary included)."""
+def test_tensor_parallel_2_steers_as_hf_does(models):
+    """Each rank steers its own slice of d_ff (the neurons either side of the boundary included),
+    compiled."""
     from langneurons.steering.vllm import VLLMGenerator
 
-    arch, path, hf, vl = pair
-    if arch != "llama":
-        pytest.skip("one architecture is enough for the split; each engine start costs ~20 s")
-    hf.site = vl.site = "gate"
+    path, hf = models("llama")
+    hf.site = "gate"
     prompts = encode_prompts(hf.tokenizer, PROMPTS, None)
     two = VLLMGenerator(load_at(path, device="cpu", backend="vllm", tensor_parallel=2), "gate")
     try:
+        assert [r.offset for r in two.ranks] == [0, D_FF // 2]
         for name, table in tables(D_FF).items():
-            assert two.generate(table, prompts, DECODING) == vl.generate(table, prompts, DECODING), name
+            assert two.generate(table, prompts, DECODING) == hf.generate(table, prompts, DECODING), name
     finally:
         two.close()
 
@@ -99,8 +119,9 @@ def test_steer_command_on_vllm_writes_what_hf_writes(tmp_path, capsys):
             "--max-new-tokens", "6", "--top-rate", "0.5", "--filter-rate", "0.5", "--activation-bar-ratio", "0.5",
             "--alpha", "1,3", "--no-plot"]
     got = {}
-    for backend in ("hf", "vllm"):
-        assert main([*args, "--backend", backend, "--out", str(tmp_path / backend)]) == 0, capsys.readouterr().err
+    for backend in ("hf", "vllm"):   # the eager engine (--vllm-eager): the tests above steer compiled ones
+        flags = ["--backend", backend, *(["--vllm-eager"] if backend == "vllm" else [])]
+        assert main([*args, *flags, "--out", str(tmp_path / backend)]) == 0, capsys.readouterr().err
         got[backend] = pd.read_json(tmp_path / backend / "generations.jsonl", lines=True)
     key = ["condition", "target", "alpha", "prompt_row"]
     hf, vl = (got[b].sort_values(key, na_position="first").reset_index(drop=True) for b in ("hf", "vllm"))

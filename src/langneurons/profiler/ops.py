@@ -25,12 +25,13 @@ import torch
 if TYPE_CHECKING:
     from langneurons.profiler.hooks import HookState
 
-_SLOTS: dict[int, HookState] = {}
+_SLOTS: dict[int, object] = {}
 _NEXT = itertools.count()
 
 
 def register(state: HookState) -> int:
-    """Give `state` a slot (this process only); hooks then reduce through the op."""
+    """Give `state` a slot (this process only); hooks then call the op with it. Any state with a
+    `slot` attribute may take one: the steering ops (`steering/ops.py`) share this table."""
     slot = next(_NEXT)
     _SLOTS[slot] = state
     state.slot = slot
@@ -43,13 +44,19 @@ def release(state: HookState) -> None:
         state.slot = None
 
 
+def state_at(slot: int):
+    """The state a graph's op call names. A graph that outlived its state must fail loudly: counting
+    into nothing would lose counts, steering with nothing would generate unsteered tokens."""
+    state = _SLOTS.get(slot)
+    if state is None:
+        raise RuntimeError(f"langneurons: a compiled graph called its op with slot {slot}, which was released; "
+                           "start a new backend")
+    return state
+
+
 @torch.library.custom_op("langneurons::reduce_site", mutates_args=())
 def reduce_site(x: torch.Tensor, slot: int, layer: int) -> None:
-    state = _SLOTS.get(slot)
-    if state is None:  # the graph outlived its state: counting into nothing would lose counts silently
-        raise RuntimeError(f"langneurons: a compiled graph reduced into slot {slot}, which was released; "
-                           "start a new backend")
-    state.reduce(layer, x)
+    state_at(slot).reduce(layer, x)
 
 
 @reduce_site.register_fake

@@ -21,18 +21,18 @@ class Profiled:
 
 
 def load_profiled(attrs: dict, choice: ProfiledModel, *, dtype: str = "float32", backend: str = "hf",
-                  tensor_parallel: int = 1) -> Profiled:
+                  tensor_parallel: int = 1, vllm_eager: bool = False) -> Profiled:
     """The store's model (`attrs`: the store's root attributes), checked (`check_model`), planned
     in `dtype` on `choice.device` with the store's BOS setting, and loaded (HF backend)."""
     path = check_model(attrs, choice.model, allow_mismatch=choice.allow_model_mismatch)
     return load_at(path, revision=attrs.get("revision"), device=choice.device, dtype=dtype,
                    add_bos=(attrs.get("config") or {}).get("add_bos", True), trust_remote_code=choice.trust_remote_code,
-                   backend=backend, tensor_parallel=tensor_parallel)
+                   backend=backend, tensor_parallel=tensor_parallel, vllm_eager=vllm_eager)
 
 
 def load_at(path: str, *, revision: str | None = None, device: str = "auto", dtype: str = "float32",
             add_bos: bool = True, trust_remote_code: bool = False, backend: str = "hf",
-            tensor_parallel: int = 1) -> Profiled:
+            tensor_parallel: int = 1, vllm_eager: bool = False) -> Profiled:
     """The model at `path`, planned and (HF backend) loaded as `profile` would (no store check)."""
     from langneurons.config import ProfileConfig
     from langneurons.profiler import loader
@@ -40,7 +40,7 @@ def load_at(path: str, *, revision: str | None = None, device: str = "auto", dty
 
     plan = model_plan(ProfileConfig.from_flags(model=path, revision=revision, device=device, dtype=dtype,
                                                add_bos=add_bos, trust_remote_code=trust_remote_code, backend=backend,
-                                               vllm_tensor_parallel=tensor_parallel))
+                                               vllm_tensor_parallel=tensor_parallel, vllm_eager=vllm_eager))
     model = loader.load_model(plan) if backend == "hf" else None
     return Profiled(plan, model, loader.load_tokenizer(plan.model, plan.revision, plan.trust_remote_code))
 

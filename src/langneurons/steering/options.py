@@ -49,6 +49,9 @@ class SteerConfig:
         its workers, at prefill and every decode step).""")
     tensor_parallel: int = opt(1, "vLLM tensor-parallel size: each rank steers its own slice of the neurons.",
                                flag="vllm_tensor_parallel", min=1)
+    vllm_eager: bool = opt(False, """vLLM backend: run the engine eager (no torch.compile, no CUDA graphs), the
+        interventions installed after it starts. Default: vLLM's own compilation, the interventions compiled into
+        its graph (the same tokens). MoE models run eager either way.""")
     lid_languages: Literal["store", "all"] = opt("store", """Judge each output's language among the store's
         languages (store), or among every language the language-ID model knows (all).""")
     bootstrap: int = opt(1000, "Bootstrap resamples over prompts for the rates' 95% intervals.", min=10)
@@ -85,6 +88,8 @@ class SteerConfig:
             raise ValueError("--experts steers routing on --backend hf only (vLLM's fused-MoE router is not hooked)")
         if self.tensor_parallel > 1 and self.backend != "vllm":
             raise ValueError("--vllm-tensor-parallel needs --backend vllm")
+        if self.vllm_eager and self.backend != "vllm":
+            raise ValueError("--vllm-eager needs --backend vllm (the hf backend steers eagerly)")
 
     def layer_range(self) -> tuple[int, int] | None:
         """--layers as (first, last), inclusive; None for every layer."""

@@ -209,7 +209,7 @@ def steer(results: str, cfg: SteerConfig, lape_cfg: LapeConfig = LapeConfig(),
     runs = plan_runs(ds, sets, cfg, site, experts, (full.attrs.get("moe") or {}).get("top_k", 0))
     prompts = load_prompts(cfg)
     loaded = load_profiled(ds.attrs, choice, dtype=cfg.dtype or ds.attrs.get("dtype") or "float32",
-                           backend=cfg.backend, tensor_parallel=cfg.tensor_parallel)
+                           backend=cfg.backend, tensor_parallel=cfg.tensor_parallel, vllm_eager=cfg.vllm_eager)
     ids = encode_prompts(loaded.tokenizer, prompts.text, loaded.plan.bos.prepend)
     longest = max(map(len, ids)) + cfg.max_new_tokens
     if longest > loaded.plan.max_length:

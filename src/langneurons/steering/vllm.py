@@ -1,7 +1,9 @@
-"""Generation and fluency on the vLLM backend: one engine (`profiler.backends.vllm.start_engine`:
-eager, prefix caching off), the interventions installed in every rank before each condition's
-generation and removed after it (`steering.vllm_worker`), and the check that every forward pass
-of every rank ran every steered layer's hook.
+"""Generation and fluency on the vLLM backend: one engine (`profiler.backends.vllm.start_engine`,
+prefix caching off), its ranks' steering hooks installed once (`steering.vllm_worker`): while the
+model loads, before vLLM compiles it (compiled, the default), or by `apply_model` into an eager
+engine (--vllm-eager, and MoE models). Each condition's operations are written into the hooks'
+device buffers before its generation and cleared after it; the check that every forward pass of
+every rank ran every hooked layer's op follows each generation.
 
 Prompts go in as token ids (`TokensPrompt`), as the HF backend feeds them (the BOS rule applied);
 vLLM schedules them itself, so --batch-size does not apply. Sampling is greedy at temperature 0,
@@ -24,40 +26,61 @@ from langneurons.steering.neurons import ROUTER
 
 class VLLMGenerator:
     def __init__(self, loaded, site: str):
+        """An engine steering `site` of the plan's model (fixed for the engine's life: its hooks are
+        installed for it)."""
         plan = loaded.plan
-        self.plan, self.site, self.tokenizer = plan, site, loaded.tokenizer
+        self.plan, self._site, self.tokenizer = plan, site, loaded.tokenizer
         self.stops = stop_ids(plan, loaded.tokenizer)
+        arguments = dict(model_type=plan.architecture, site=site, act=plan.activation)
         # a position for every prompt token and every generated one, plus the one vLLM samples into
         self.llm = start_engine(plan, max_model_len=plan.max_length + 1,
-                                max_num_batched_tokens=max(4096, plan.max_length + 1))
+                                max_num_batched_tokens=max(4096, plan.max_length + 1),
+                                hooks=("steer", arguments) if plan.compiled else None)
+        if not plan.compiled:
+            apply_in_workers(self.llm, functools.partial(vllm_worker.install, **arguments))
+        self.ranks = apply_in_workers(self.llm, vllm_worker.installed)
+        if any(r.compiled is not plan.compiled for r in self.ranks):
+            raise RuntimeError("internal: the vLLM ranks' steering hooks are not the plan's "
+                               f"({'compiled' if plan.compiled else 'eager'})")
+
+    @property
+    def site(self) -> str:
+        return self._site
+
+    def set_operations(self, table) -> None:
+        """One condition's operations (`neurons.operations`' table) in every rank's hooks, until `clear`."""
+        if (table["site"] == ROUTER).any():
+            raise ValueError("--experts steers routing on --backend hf only")
+        operations = functools.partial(vllm_worker.set_operations, layer_ops=hooks.layer_ops(table))
+        n_ops = apply_in_workers(self.llm, operations)
+        if sum(n_ops) != len(table):
+            raise RuntimeError(f"the vLLM ranks installed {sum(n_ops)} operations of {len(table)}: "
+                               "their slices of d_ff do not cover the model's neurons")
+
+    def clear(self) -> None:
+        """No operations: the unsteered model."""
+        apply_in_workers(self.llm, vllm_worker.clear)
 
     def generate(self, table, prompts: list[list[int]], decoding: Decoding) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if (table["site"] == ROUTER).any():
-            raise ValueError("--experts steers routing on --backend hf only")
-        install = functools.partial(vllm_worker.install, model_type=self.plan.architecture, site=self.site,
-                                    act=self.plan.activation, ops=hooks.layer_ops(table))
-        ranks = apply_in_workers(self.llm, install)
-        if sum(r.n_ops for r in ranks) != len(table):
-            raise RuntimeError(f"the vLLM ranks installed {sum(r.n_ops for r in ranks)} operations of {len(table)}: "
-                               "their slices of d_ff do not cover the model's neurons")
         sample = decoding.temperature > 0
         params = SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature if sample else 0.0,
                                 top_k=0, top_p=1.0, seed=decoding.seed if sample else None,
                                 stop_token_ids=self.stops, detokenize=False)
+        self.set_operations(table)
         try:
             res = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
             counts = apply_in_workers(self.llm, vllm_worker.applied)
         finally:
-            apply_in_workers(self.llm, vllm_worker.uninstall)
+            self.clear()
         for rank, c in enumerate(counts):
             if c.n_applied != c.passes * c.n_layers:
-                raise RuntimeError(f"vLLM rank {rank} ran {c.passes} forward passes, but its steered layers applied "
+                raise RuntimeError(f"vLLM rank {rank} ran {c.passes} forward passes, but its hooked layers applied "
                                    f"their operations {c.n_applied} times, not {c.passes} x {c.n_layers}: a pass "
-                                   "bypassed a hooked module, so some tokens were generated unsteered. Please report "
-                                   "the model and vLLM version; --backend hf steers it")
+                                   "bypassed a hooked module, so some tokens may have been generated unsteered. "
+                                   "Please report the model and vLLM version; --backend hf steers it")
         return [cut(r.outputs[0].token_ids, self.stops) for r in res]
 
     def mean_logprob(self, prompts: list[list[int]], outputs: list[list[int]]) -> np.ndarray:

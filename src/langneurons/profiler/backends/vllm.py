@@ -153,21 +153,22 @@ def special_pattern(counted: list[list[bool]]) -> tuple[int, int]:
     return patterns.pop() if patterns else (0, 0)
 
 
-def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens: int, hooks: dict | None = None):
+def start_engine(plan: ModelPlan, *, max_model_len: int, max_num_batched_tokens: int,
+                 hooks: tuple[str, dict] | None = None):
     """A vLLM engine for the plan's model, as langneurons needs it (the module docstring): prefix
     caching off (checked in the engine's resulting config), chunked prefill off, tensor-parallel
     ranks in processes on this node, started with insecure serialization allowed so `apply_model`
-    can ship functions to them. `hooks`: `vllm_worker.install`'s arguments, installed as the model
-    loads and compiled with it (vLLM's default compilation); None: an eager engine, for hooks
-    installed later by `apply_model`."""
+    can ship functions to them. `hooks`: (stage, its `install` arguments: `vllm_plugin.INSTALLERS`),
+    installed as the model loads and compiled with it (vLLM's default compilation); None: an eager
+    engine, for hooks installed later by `apply_model`."""
     vllm = _import_vllm()
     tp = plan.tensor_parallel
     if hooks is None:
         compile_args, env = {"enforce_eager": True, "compilation_config": {"mode": 0}}, {}
     else:
-        from langneurons.profiler.backends.vllm_plugin import LOAD_FORMAT
+        from langneurons.profiler.backends.vllm_plugin import LOAD_FORMAT, extra_config
 
-        compile_args = {"load_format": LOAD_FORMAT, "model_loader_extra_config": {LOAD_FORMAT: hooks}}
+        compile_args = {"load_format": LOAD_FORMAT, "model_loader_extra_config": extra_config(*hooks)}
         env = compiled_with_hooks_env()
     with insecure_serialization(), scoped_env(**env), _cpu_thread_binding(tp if plan.torch_device.type == "cpu" else 1):
         # the engine's processes start here, and keep these settings
@@ -217,7 +218,7 @@ class VLLMBackend:
         self.compiled = plan.compiled
         # the prompt may use every position but one: vLLM needs a position for the sampled token
         self.llm = start_engine(plan, max_model_len=self.max_length + 1, max_num_batched_tokens=budget,
-                                hooks=self._hooks(self.counting, budget) if self.compiled else None)
+                                hooks=("profile", self._hooks(self.counting, budget)) if self.compiled else None)
         self.budget = budget
         self.sampling = vllm.SamplingParams(max_tokens=1, temperature=0.0)
         ranks = self._installed() if self.compiled else self._install(self.counting)

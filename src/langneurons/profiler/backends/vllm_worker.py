@@ -40,6 +40,7 @@ from torch import nn
 from langneurons.kernels.dispatch import get_accumulate, resolve
 from langneurons.kernels.reference import Accumulator
 from langneurons.profiler import architectures, hooks, moe, ops, vllm_sites
+from langneurons.profiler.backends.vllm_plugin import hooks_missing
 from langneurons.profiler.devices import dtype_name
 from langneurons.store.stats import Stats
 
@@ -157,9 +158,7 @@ def loaded(model: nn.Module) -> RankLoaded:
     """What this rank loaded and installed (a compiled engine's hooks were installed at load)."""
     engine = getattr(model, "_langneurons", None)
     if engine is None:
-        raise RuntimeError("langneurons' hooks are not installed in this vLLM engine: it was not started "
-                           "with load_format 'langneurons' (is the vllm.general_plugins entry point installed? "
-                           "pip install -e . again)")
+        raise hooks_missing("hooks")
     return engine.loaded
 
 
