@@ -95,7 +95,7 @@ VLLM_TESTS = tests/test_vllm_backend.py tests/test_vllm_steer.py
 test: setup vllm-env
 	@tmp=$$(mktemp -d); \
 	$(VPY) -m pytest -q --basetemp="$$tmp/vllm" $(VLLM_TESTS) >"$$tmp/vllm.log" 2>&1 & vllm=$$!; \
-	trap 'kill $$vllm 2>/dev/null; rm -rf "$$tmp"' INT TERM; \
+	trap 'kill -INT $$vllm 2>/dev/null; wait $$vllm; rm -rf "$$tmp"; exit 130' INT TERM; \
 	echo "--- .venv: tests (the vLLM suite runs beside it)"; \
 	$(PY) -m pytest -q --basetemp="$$tmp/main" tests; main=$$?; \
 	wait $$vllm; vrc=$$?; \

@@ -83,10 +83,10 @@ def head(tmp_path):
                 raise AssertionError("the Ray head did not start:\n" + (tmp_path / "head.log").read_text()[-3000:])
             time.sleep(1)
         # the job API may answer before the node's job agent has registered (a submission then fails
-        # with "No available agent to submit job", creating nothing): the head is ready once a job runs
+        # with "No available agent to submit job", creating nothing): ready once a job is accepted
         while True:
-            r = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", url, "--", "true"], env=env,
-                               capture_output=True, text=True)
+            r = subprocess.run([str(BIN / "ray"), "job", "submit", "--no-wait", "--address", url, "--", "true"],
+                               env=env, capture_output=True, text=True, timeout=SAFETY_S)
             if r.returncode == 0:
                 break
             if "No available agent" not in r.stdout + r.stderr or proc.poll() is not None or \

@@ -86,6 +86,11 @@ def test_vllm_steers_as_hf_does(models, arch, site, eager):
                 assert want != base, name   # the interventions changed the tokens: the test can fail
         np.testing.assert_allclose(vl.mean_logprob(prompts, base), hf.mean_logprob(prompts, base), rtol=1e-4,
                                    atol=1e-4)
+        beyond = tables(D_FF)["add"].copy()
+        beyond.loc[beyond.index[-1], "neuron"] = D_FF
+        with pytest.raises(ValueError, match=f"neuron {D_FF} is not one of the model's {D_FF} FFN neurons"):
+            vl.generate(beyond, prompts, DECODING)
+        assert vl.generate(tables(D_FF)["none"], prompts, DECODING) == base   # nothing was left installed
         with pytest.raises(AttributeError):
             vl.site = "down_in" if site == "gate" else "gate"   # the engine's hooks are for its site only
     finally:

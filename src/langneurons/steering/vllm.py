@@ -31,17 +31,24 @@ class VLLMGenerator:
         plan = loaded.plan
         self.plan, self._site, self.tokenizer = plan, site, loaded.tokenizer
         self.stops = stop_ids(plan, loaded.tokenizer)
+        vllm_worker.check_site(site, plan.activation)
+        if plan.d_ff == 0:
+            raise ValueError(f"{plan.model} has no dense FFN layer to steer on --backend vllm")
         arguments = dict(model_type=plan.architecture, site=site, act=plan.activation)
         # a position for every prompt token and every generated one, plus the one vLLM samples into
         self.llm = start_engine(plan, max_model_len=plan.max_length + 1,
                                 max_num_batched_tokens=max(4096, plan.max_length + 1),
                                 hooks=("steer", arguments) if plan.compiled else None)
-        if not plan.compiled:
-            apply_in_workers(self.llm, functools.partial(vllm_worker.install, **arguments))
-        self.ranks = apply_in_workers(self.llm, vllm_worker.installed)
-        if any(r.compiled is not plan.compiled for r in self.ranks):
-            raise RuntimeError("internal: the vLLM ranks' steering hooks are not the plan's "
-                               f"({'compiled' if plan.compiled else 'eager'})")
+        try:
+            if not plan.compiled:
+                apply_in_workers(self.llm, functools.partial(vllm_worker.install, **arguments))
+            self.ranks = apply_in_workers(self.llm, vllm_worker.installed)
+            if any(r.compiled is not plan.compiled for r in self.ranks):
+                raise RuntimeError("internal: the vLLM ranks' steering hooks are not the plan's "
+                                   f"({'compiled' if plan.compiled else 'eager'})")
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def site(self) -> str:
@@ -51,9 +58,14 @@ class VLLMGenerator:
         """One condition's operations (`neurons.operations`' table) in every rank's hooks, until `clear`."""
         if (table["site"] == ROUTER).any():
             raise ValueError("--experts steers routing on --backend hf only")
+        bad = table[(table["neuron"] < 0) | (table["neuron"] >= self.plan.d_ff)]
+        if len(bad):
+            raise ValueError(f"layer {int(bad['layer'].iloc[0])}: neuron {int(bad['neuron'].iloc[0])} is not one of "
+                             f"the model's {self.plan.d_ff} FFN neurons")
         operations = functools.partial(vllm_worker.set_operations, layer_ops=hooks.layer_ops(table))
         n_ops = apply_in_workers(self.llm, operations)
         if sum(n_ops) != len(table):
+            self.clear()   # never leave a partial condition installed
             raise RuntimeError(f"the vLLM ranks installed {sum(n_ops)} operations of {len(table)}: "
                                "their slices of d_ff do not cover the model's neurons")
 
@@ -69,8 +81,8 @@ class VLLMGenerator:
         params = SamplingParams(max_tokens=decoding.max_new_tokens, temperature=decoding.temperature if sample else 0.0,
                                 top_k=0, top_p=1.0, seed=decoding.seed if sample else None,
                                 stop_token_ids=self.stops, detokenize=False)
-        self.set_operations(table)
         try:
+            self.set_operations(table)
             res = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
             counts = apply_in_workers(self.llm, vllm_worker.applied)
         finally:

@@ -119,6 +119,15 @@ def _rank() -> int:
     return get_tensor_model_parallel_rank()
 
 
+def check_site(site: str, act: str | None) -> None:
+    """What a rank can steer; checked before an engine starts too (inside vLLM's loader an error
+    would surface only as the engine failing to start)."""
+    if site not in ("gate", "down_in"):
+        raise ValueError(f"the vLLM backend steers the gate or down_in site, not {site!r}")
+    if site == "gate" and act is None:
+        raise ValueError("the model config names no MLP activation (hidden_act): steer the gate site with --backend hf")
+
+
 def install(model: nn.Module, model_type: str, site: str, act: str | None, compiled: bool = False) -> RankSteering:
     """Install this rank's steering hooks on every dense layer, steering nothing until
     `set_operations`. `compiled`: called while the model loads, before vLLM compiles it
@@ -131,10 +140,7 @@ def install(model: nn.Module, model_type: str, site: str, act: str | None, compi
             raise RuntimeError("this vLLM engine was compiled with langneurons' steering hooks; they cannot be "
                                "reinstalled (start a new generator for another site)")
         _uninstall(model)
-    if site not in ("gate", "down_in"):
-        raise ValueError(f"the vLLM backend steers the gate or down_in site, not {site!r}")
-    if site == "gate" and act is None:
-        raise ValueError("the model config names no MLP activation (hidden_act): steer the gate site with --backend hf")
+    check_site(site, act)
     spec = architectures.vllm_spec(model_type)
     dense, d_local = vllm_sites.vllm_dense_mlps(model, spec)
     if not dense:
